@@ -1,0 +1,170 @@
+"""The tensor-expression definition of depthwise convolution, for both layouts.
+
+Two TE stages, whose block names the schedules rely on:
+
+- `depthwise`: the reduction over the kernel taps, accumulated in float32 (float64 for float64
+  inputs); the zero padding is an `if_then_else` on the input read, so no padded copy exists.
+- `output`: the epilogue, `activation(depthwise + bias)` cast to the spec's dtype.
+
+Memory traffic per call (what a schedule should reach): every input element is read at least
+once, every output element written once, plus the kernel and bias:
+`spec.compulsory_bytes`. At fp32 3x3 that is 18 FLOP for >= 8 bytes, so the kernel is
+memory-bound on every CPU and GPU we target.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from . import activations
+from .spec import DepthwiseSpec
+
+_INT32_MAX = 2**31 - 1
+PARAM_NAMES = ("X", "K", "B", "out")
+
+
+def accumulator_dtype(dtype: str) -> str:
+    """float16 accumulates in float32; float32 and float64 accumulate in their own type."""
+    return "float64" if dtype == "float64" else "float32"
+
+
+def index_dtype(spec: DepthwiseSpec) -> str:
+    """int64 loop and index arithmetic once any buffer exceeds 2^31 - 1 elements."""
+    return "int64" if spec.max_elements > _INT32_MAX else "int32"
+
+
+def depthwise_tensors(spec: DepthwiseSpec) -> list:
+    """TE placeholders and stages of `spec`, in kernel argument order.
+
+    Args:
+        spec: The workload.
+
+    Returns:
+        `[X, K, B, out]` without bias, `[X, K, out]` without: the kernel's arguments.
+    """
+    from tvm import te, tirx
+
+    kh, kw = spec.kernel
+    sh, sw = spec.strides
+    dh, dw = spec.dilation
+    top, left, _, _ = spec.padding
+    dm = spec.depth_multiplier
+    acc = accumulator_dtype(spec.dtype)
+    nhwc = spec.layout == "NHWC"
+    h, w = spec.height, spec.width
+
+    x = te.placeholder(spec.input_shape, spec.dtype, name="X")
+    k = te.placeholder(spec.kernel_shape, spec.dtype, name="K")
+    b = te.placeholder(spec.bias_shape, spec.dtype, name="B") if spec.bias else None
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    # Only the borders that padding can reach get a bounds check.
+    need_top, need_left = top > 0, left > 0
+    need_bottom = (spec.out_height - 1) * sh - top + (kh - 1) * dh >= h
+    need_right = (spec.out_width - 1) * sw - left + (kw - 1) * dw >= w
+
+    def channel(o):
+        return (o, 0) if dm == 1 else (o // dm, o % dm)
+
+    def read_input(n, c, iy, ix):
+        value = x[n, iy, ix, c] if nhwc else x[n, c, iy, ix]
+        conds = []
+        if need_top:
+            conds.append(iy >= 0)
+        if need_bottom:
+            conds.append(iy < h)
+        if need_left:
+            conds.append(ix >= 0)
+        if need_right:
+            conds.append(ix < w)
+        value = value.astype(acc) if spec.dtype != acc else value
+        if not conds:
+            return value
+        return tirx.if_then_else(tirx.all(*conds), value, tirx.const(0.0, acc))
+
+    def tap(n, y, xx, o):
+        c, m = channel(o)
+        iy = y * sh - top + ry * dh
+        ix = xx * sw - left + rx * dw
+        weight = k[ry, rx, c, m]
+        weight = weight.astype(acc) if spec.dtype != acc else weight
+        return te.sum(read_input(n, c, iy, ix) * weight, axis=[ry, rx])
+
+    if nhwc:
+        conv = te.compute(spec.output_shape, lambda n, y, xx, o: tap(n, y, xx, o), name="depthwise")
+    else:
+        conv = te.compute(spec.output_shape, lambda n, o, y, xx: tap(n, y, xx, o), name="depthwise")
+
+    def epilogue(*idx):
+        o = idx[3] if nhwc else idx[1]
+        value = conv(*idx)
+        if b is not None:
+            bias = b[o].astype(acc) if spec.dtype != acc else b[o]
+            value = value + bias
+        if spec.activation is not None:
+            value = activations.fuse(spec.activation, value, tirx)
+        return value.astype(spec.dtype) if spec.dtype != acc else value
+
+    out = te.compute(spec.output_shape, epilogue, name="output")
+    return [t for t in (x, k, b, out) if t is not None]
+
+
+@functools.lru_cache(maxsize=256)
+def depthwise_primfunc(spec: DepthwiseSpec):
+    """The schedulable PrimFunc of `spec`, accepting buffers aligned to their element size.
+
+    Args:
+        spec: The workload.
+
+    Returns:
+        A `tvm.tirx.PrimFunc` named `main`.
+    """
+    from tvm import te
+
+    func = te.create_prim_func(depthwise_tensors(spec), index_dtype_override=index_dtype(spec))
+    itemsize = {"float16": 2, "float32": 4, "float64": 8}[spec.dtype]
+    return relax_alignment(func, itemsize)
+
+
+def relax_alignment(func, align: int):
+    """Re-declares every buffer parameter of `func` with `data_alignment=align`.
+
+    TVM assumes 64-byte-aligned arguments and emits aligned vector moves (`vmovaps`) once the
+    target has AVX, but NumPy and most frameworks only guarantee 16 bytes: a misaligned array
+    would crash the process. 0.27's PrimFunc keeps buffers as typed Vars and `specialize`
+    refuses a new alignment, so the function is re-parsed with `align=` in its signature.
+
+    Args:
+        func: A PrimFunc from `te.create_prim_func`.
+        align: The alignment, in bytes, that callers guarantee.
+
+    Returns:
+        The equivalent PrimFunc with relaxed parameter alignment.
+
+    Raises:
+        RuntimeError: If TVM's printer format changed and the rewrite cannot be verified.
+    """
+    import tvm
+
+    names = [p.name for p in func.params]
+    script = func.script()
+    start = script.index("def main(")
+    end = script.index("):\n", start)
+    signature = script[start + len("def main(") : end]
+    segments = []
+    for i, name in enumerate(names):
+        head = f"{name}: "
+        begin = signature.index(head) + len(head)
+        stop = signature.index(f", {names[i + 1]}: ") if i + 1 < len(names) else len(signature)
+        declared = signature[begin:stop]
+        if not (declared.startswith("T.Buffer(") and declared.endswith(")")):
+            raise RuntimeError(f"Unexpected buffer declaration in TVMScript: {declared}")
+        segments.append(f"{name}: {declared[:-1]}, align={align})")
+    script = script[: start + len("def main(")] + ", ".join(segments) + script[end:]
+    relaxed = tvm.script.from_source(script)
+    for old, new in zip(func.params, relaxed.params, strict=True):
+        same = [list(map(int, old.shape)), str(old.dtype)] == [list(map(int, new.shape)), str(new.dtype)]
+        if not same or int(new.data_alignment) != align:
+            raise RuntimeError(f"Relaxing the alignment of buffer {old.name} failed")
+    return relaxed

@@ -1,0 +1,510 @@
+"""`DepthwiseConv2D`: Keras 3's layer, argument for argument, running a TVM-compiled kernel.
+
+The layer owns Keras semantics (argument normalization and errors, weights, dtype policy,
+activations, regularization losses, config); every forward pass is one call of the compiled
+kernel of its `DepthwiseSpec` on its target, with bias and elementwise activations fused in.
+Keras itself is not needed at run time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import activations as act_lib
+from . import constraints as constraint_lib
+from . import initializers as init_lib
+from . import keras_config
+from . import regularizers as reg_lib
+from .build import compile as compile_spec
+from .runtime import CompiledOp, as_host_array, like_input
+from .serialization import deserialize_function, serialize_function
+from .spec import DepthwiseSpec
+
+_IGNORED_KERAS_KWARGS = {"input_dim", "input_shape", "batch_input_shape", "batch_size", "implementation"}
+_name_counters: dict[str, itertools.count] = {}
+_name_lock = threading.Lock()
+
+
+def _unique_name(base: str) -> str:
+    with _name_lock:
+        n = next(_name_counters.setdefault(base, itertools.count()))
+    return base if n == 0 else f"{base}_{n}"
+
+
+def standardize_tuple(value: Any, name: str) -> tuple[int, int]:
+    """Keras's `standardize_tuple(value, 2, name)`: an int or 2 ints, all > 0.
+
+    Raises:
+        ValueError: With Keras's wording, naming the argument.
+    """
+    message = f"The `{name}` argument must be a tuple of 2 integers. Received {name}={value}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    else:
+        try:
+            pair = tuple(value)
+        except TypeError:
+            raise ValueError(message) from None
+        if isinstance(value, str) or len(pair) != 2:
+            raise ValueError(message)
+        for v in pair:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{message}including element {v} of type {type(v)}")
+        pair = tuple(int(v) for v in pair)
+    bad = {v for v in pair if v <= 0}
+    if bad:
+        raise ValueError(f"{message}, including values {bad} that do not satisfy `value > 0`")
+    return pair
+
+
+def _resolve_dtype(dtype: Any) -> tuple[str, str, str]:
+    """Keras dtype policy -> (policy name, compute dtype, variable dtype)."""
+    if dtype is None:
+        name = keras_config.floatx()
+    elif isinstance(dtype, dict):
+        name = (dtype.get("config") or {}).get("name")
+    elif isinstance(dtype, str):
+        name = dtype
+    elif hasattr(dtype, "name") and isinstance(dtype.name, str):  # a Keras DTypePolicy
+        name = dtype.name
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = repr(dtype)
+    if name in ("float16", "float32", "float64"):
+        return name, name, name
+    if name == "mixed_float16":
+        return name, "float16", "float32"
+    raise ValueError(
+        "`dtype` must be one of 'float16', 'float32', 'float64', 'mixed_float16' "
+        f"(or a Keras DTypePolicy of one of these). Received: dtype={dtype!r}"
+    )
+
+
+class _Activation:
+    """A layer's activation: fused into the kernel by name, or applied to its output."""
+
+    def __init__(self, identifier: Any):
+        self.fused: str | None = None
+        self.post: Callable[[np.ndarray], Any] | None = None
+        self.name: str | None = None
+        self.function: Callable | None = None
+        if isinstance(identifier, dict):
+            name = identifier.get("config")
+            if isinstance(name, str) and name in act_lib.ALL_ACTIVATIONS and identifier.get("module", "").startswith(("keras", "builtins")):
+                identifier = name
+            else:
+                identifier = deserialize_function(identifier)
+        if callable(identifier) and not isinstance(identifier, str):
+            keras_name = getattr(identifier, "__name__", "")
+            if getattr(identifier, "__module__", "").startswith("keras") and keras_name in act_lib.ALL_ACTIVATIONS:
+                identifier = keras_name
+            else:
+                self.function = identifier
+                self.post = identifier
+                return
+        if identifier is None:
+            identifier = "linear"
+        if not isinstance(identifier, str):
+            raise ValueError(f"Could not interpret activation function identifier: {identifier}")
+        self.name = act_lib.check_name(identifier)
+        if self.name in act_lib.FUSED_ACTIVATIONS:
+            self.fused = self.name
+        elif self.name in act_lib.POST_ACTIVATIONS:
+            name = self.name
+            self.post = lambda y: act_lib.apply_post(name, y)
+
+    def serialize(self) -> Any:
+        return self.name if self.function is None else serialize_function(self.function)
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        if self.post is None:
+            return y
+        result = self.post(y)
+        if not isinstance(result, np.ndarray):
+            result = as_host_array(result, "activation output")
+        return np.asarray(result, dtype=y.dtype)
+
+
+class DepthwiseConv2D:
+    """2D depthwise convolution layer (Keras 3 `keras.layers.DepthwiseConv2D`) on a TVM kernel.
+
+    Each input channel is convolved with its own `depth_multiplier` filters; the output has
+    `channels * depth_multiplier` channels, output channel `c * depth_multiplier + m`.
+    Returns `activation(depthwise_conv2d(inputs, kernel) + bias)`.
+
+    Args:
+        kernel_size: int or pair of ints, the window size.
+        strides: int or pair of ints. `strides > 1` is incompatible with `dilation_rate > 1`.
+        padding: `"valid"` or `"same"` (case-insensitive); "same" pads as TensorFlow/Keras do.
+        depth_multiplier: Output channels per input channel.
+        data_format: `"channels_last"` (N, H, W, C) or `"channels_first"` (N, C, H, W);
+            None means `image_data_format` from keras.json, else "channels_last".
+        dilation_rate: int or pair of ints.
+        activation: A Keras activation name, a callable, or None.
+        use_bias: Whether to add a bias vector.
+        depthwise_initializer: Kernel initializer (name, config or instance).
+        bias_initializer: Bias initializer.
+        depthwise_regularizer: Kernel regularizer, or None.
+        bias_regularizer: Bias regularizer, or None.
+        activity_regularizer: Output regularizer, or None.
+        depthwise_constraint: Kernel constraint, or None (applied by `apply_constraints`).
+        bias_constraint: Bias constraint, or None.
+        **kwargs: Keras base-layer arguments (`name`, `dtype`, `trainable`, `autocast`,
+            `weights`, ...) and `target`, the TVM target kernels are compiled for
+            (default `"host"`).
+
+    Raises:
+        ValueError: On any invalid argument, with Keras's wording.
+    """
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = (1, 1),
+        padding: str = "valid",
+        depth_multiplier: int = 1,
+        data_format: str | None = None,
+        dilation_rate: int | Sequence[int] = (1, 1),
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        depthwise_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        depthwise_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        activity_regularizer: Any = None,
+        depthwise_constraint: Any = None,
+        bias_constraint: Any = None,
+        **kwargs: Any,
+    ):
+        name = kwargs.pop("name", None)
+        dtype = kwargs.pop("dtype", None)
+        self.trainable = bool(kwargs.pop("trainable", True))
+        self.autocast = bool(kwargs.pop("autocast", True))
+        self.target = kwargs.pop("target", "host")
+        self._initial_weights = kwargs.pop("weights", None)
+        for key in _IGNORED_KERAS_KWARGS & set(kwargs):
+            kwargs.pop(key)
+        if kwargs:
+            raise ValueError(f"Unrecognized keyword arguments passed to DepthwiseConv2D: {kwargs}")
+        if name is not None and (not isinstance(name, str) or "/" in name):
+            raise ValueError(
+                "Argument `name` must be a string and cannot contain character `/`. "
+                f"Received: name={name} (of type {type(name)})"
+            )
+        self.name = name or _unique_name("depthwise_conv2d")
+        self.dtype_policy, self.compute_dtype, self.variable_dtype = _resolve_dtype(dtype)
+
+        self.kernel_size = standardize_tuple(kernel_size, "kernel_size")
+        self.strides = standardize_tuple(strides, "strides")
+        self.dilation_rate = standardize_tuple(dilation_rate, "dilation_rate")
+        if isinstance(padding, (list, tuple)) or not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+            raise ValueError(
+                "The `padding` argument must be a list/tuple or one of {'valid', 'same'}. "
+                f"Received: {padding}"
+            )
+        self.padding = padding.lower()
+        if data_format is None:
+            data_format = keras_config.image_data_format()
+        self.data_format = str(data_format).lower()
+        if self.data_format not in ("channels_first", "channels_last"):
+            raise ValueError(
+                "The `data_format` argument must be one of {'channels_first', 'channels_last'}. "
+                f"Received: data_format={data_format}"
+            )
+        self._activation = _Activation(activation)
+        self.use_bias = bool(use_bias)
+        self.depthwise_initializer = init_lib.get(depthwise_initializer)
+        self.bias_initializer = init_lib.get(bias_initializer)
+        self.depthwise_regularizer = reg_lib.get(depthwise_regularizer)
+        self.bias_regularizer = reg_lib.get(bias_regularizer)
+        self.activity_regularizer = reg_lib.get(activity_regularizer)
+        self.depthwise_constraint = constraint_lib.get(depthwise_constraint)
+        self.bias_constraint = constraint_lib.get(bias_constraint)
+        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, (int, np.integer)):
+            raise ValueError(
+                "Invalid value for argument `depth_multiplier`. Expected a strictly positive "
+                f"integer. Received depth_multiplier={depth_multiplier}."
+            )
+        if depth_multiplier <= 0:
+            raise ValueError(
+                "Invalid value for argument `depth_multiplier`. Expected a strictly positive "
+                f"value. Received depth_multiplier={depth_multiplier}."
+            )
+        self.depth_multiplier = int(depth_multiplier)
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "`strides > 1` not supported in conjunction with `dilation_rate > 1`. "
+                f"Received: strides={self.strides} and dilation_rate={self.dilation_rate}"
+            )
+
+        self.built = False
+        self.kernel: np.ndarray | None = None
+        self.bias: np.ndarray | None = None
+        self._channels: int | None = None
+        self._activity_losses: list[np.floating] = []
+        self._ops: dict[tuple, CompiledOp] = {}
+        self._build_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- Keras surface
+    @property
+    def activation(self) -> Callable | str:
+        """The activation: its Keras name, or the user's callable."""
+        return self._activation.function or self._activation.name
+
+    @property
+    def dtype(self) -> str:
+        """The variable dtype (as Keras's `layer.dtype`)."""
+        return self.variable_dtype
+
+    def __repr__(self) -> str:
+        return f"<DepthwiseConv2D name={self.name}, built={self.built}>"
+
+    def _channel_axis(self) -> int:
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _incompatible(self, detail: str) -> ValueError:
+        return ValueError(f"Input 0 of layer '{self.name}' is incompatible with the layer: {detail}")
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        """Creates `kernel` (kh, kw, C, depth_multiplier) and `bias` (C * depth_multiplier,).
+
+        Args:
+            input_shape: 4D input shape; only the channel dimension must be known.
+
+        Raises:
+            ValueError: On a wrong rank or an unknown channel dimension.
+        """
+        with self._build_lock:
+            if self.built:
+                return
+            shape = tuple(input_shape)
+            if len(shape) != 4:
+                raise self._incompatible(f"expected ndim=4, found ndim={len(shape)}. Full shape received: {shape}")
+            channels = shape[self._channel_axis()]
+            if channels is None:
+                raise ValueError(f"The channel dimension of the inputs should be defined. Received input_shape={shape}")
+            self._channels = int(channels)
+            self.compute_output_shape(shape)
+            kernel_shape = (*self.kernel_size, self._channels, self.depth_multiplier)
+            self.kernel = np.ascontiguousarray(self.depthwise_initializer(kernel_shape, self.variable_dtype))
+            if self.use_bias:
+                bias_shape = (self._channels * self.depth_multiplier,)
+                self.bias = np.ascontiguousarray(self.bias_initializer(bias_shape, self.variable_dtype))
+            self.built = True
+            if self._initial_weights is not None:
+                weights, self._initial_weights = self._initial_weights, None
+                self.set_weights(weights)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        """Output shape for `input_shape` (None dimensions stay None).
+
+        Raises:
+            ValueError: If the output would be empty.
+        """
+        shape = tuple(input_shape)
+        if len(shape) != 4:
+            raise self._incompatible(f"expected ndim=4, found ndim={len(shape)}. Full shape received: {shape}")
+        last = self.data_format == "channels_last"
+        spatial = shape[1:3] if last else shape[2:4]
+        channels = shape[3] if last else shape[1]
+        out = []
+        for size, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate):
+            if size is None:
+                out.append(None)
+            elif self.padding == "same":
+                out.append((size - 1) // s + 1)
+            else:
+                out.append((size - d * (k - 1) - 1) // s + 1)
+        if any(o is not None and o <= 0 for o in out):
+            raise ValueError(
+                "Computed output size would be zero or negative. Received "
+                f"`inputs shape={shape}`, `kernel shape={(*self.kernel_size, channels, self.depth_multiplier)}`, "
+                f"`dilation_rate={list(self.dilation_rate)}`, `strides={self.strides}`, `padding={self.padding}`."
+            )
+        out_channels = None if channels is None else channels * self.depth_multiplier
+        return (shape[0], *out, out_channels) if last else (shape[0], out_channels, *out)
+
+    # ----------------------------------------------------------------- forward
+    def spec_for(self, input_shape: Sequence[int]) -> DepthwiseSpec:
+        """The kernel workload of one call on an input of `input_shape`."""
+        return DepthwiseSpec.from_keras(
+            input_shape, self.kernel_size, self.strides, self.padding, self.depth_multiplier,
+            self.data_format, self.dilation_rate, self.use_bias, self._activation.fused, self.compute_dtype,
+        )
+
+    def _op(self, shape: tuple[int, ...], target: Any) -> CompiledOp:
+        key = (shape, target if isinstance(target, (str, type(None))) else repr(target))
+        op = self._ops.get(key)
+        if op is None:
+            if min(shape) == 0:
+                raise ValueError(f"Input 0 of layer '{self.name}' is empty: received input with shape {shape}.")
+            op = compile_spec(self.spec_for(shape), self.target if target is None else target)
+            self._ops[key] = op
+        return op
+
+    def __call__(self, inputs: Any, target: Any = None) -> Any:
+        """Runs the layer.
+
+        Args:
+            inputs: 4D NumPy array or `__dlpack__` CPU tensor (torch, jax, ...).
+            target: Overrides the layer's TVM target for this call.
+
+        Returns:
+            The output: a new NumPy array for NumPy input, else a tensor of the input's framework.
+
+        Raises:
+            ValueError: On a non-float input, wrong rank, channel mismatch or empty output.
+            TypeError: If `inputs` is not a tensor.
+        """
+        x = as_host_array(inputs, "inputs")
+        if x.dtype.kind != "f" or x.dtype.name not in ("float16", "float32", "float64"):
+            raise ValueError(
+                f"Layer '{self.name}' expects floating-point inputs (float16, float32 or float64). "
+                f"Received input with dtype {x.dtype}."
+            )
+        if x.ndim != 4:
+            raise self._incompatible(f"expected ndim=4, found ndim={x.ndim}. Full shape received: {x.shape}")
+        if not self.built:
+            self.build(x.shape)
+        if x.shape[self._channel_axis()] != self._channels:
+            raise self._incompatible(
+                f"expected axis {self._channel_axis()} of input shape to have value {self._channels}, "
+                f"but received input with shape {x.shape}"
+            )
+        y = self.call(x, target)
+        if self.activity_regularizer is not None:
+            self._activity_losses = [np.asarray(self.activity_regularizer(y)) / y.shape[0]]
+        return like_input(y, inputs)
+
+    def call(self, inputs: np.ndarray, target: Any = None) -> np.ndarray:
+        """The forward computation on a NumPy array (autocast, kernel, non-fused activation)."""
+        compute = self.compute_dtype
+        if self.autocast and inputs.dtype != compute:
+            inputs = inputs.astype(compute)
+        op = self._op(inputs.shape, target)
+        kernel = self.kernel if self.kernel.dtype == compute else self.kernel.astype(compute)
+        bias = None
+        if self.use_bias:
+            bias = self.bias if self.bias.dtype == compute else self.bias.astype(compute)
+        return self._activation(op(inputs, kernel, bias))
+
+    # ----------------------------------------------------------------- weights
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """`[kernel, bias]` (or `[kernel]`), the arrays themselves; empty before build."""
+        if not self.built:
+            return []
+        return [self.kernel, self.bias] if self.use_bias else [self.kernel]
+
+    @property
+    def trainable_weights(self) -> list[np.ndarray]:
+        """`weights` when the layer is trainable, else empty."""
+        return self.weights if self.trainable else []
+
+    @property
+    def non_trainable_weights(self) -> list[np.ndarray]:
+        """`weights` when the layer is frozen, else empty."""
+        return [] if self.trainable else self.weights
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of the weights, Keras layout."""
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Replaces the weights with copies of `weights` (Keras layout and order).
+
+        Raises:
+            ValueError: On a wrong count or shape, with Keras's wording.
+        """
+        current = self.weights
+        weights = list(weights)
+        if len(weights) != len(current):
+            raise ValueError(
+                f"You called `set_weights(weights)` on layer '{self.name}' with a weight list of "
+                f"length {len(weights)}, but the layer was expecting {len(current)} weights."
+            )
+        arrays = [np.array(as_host_array(w, "weights"), dtype=self.variable_dtype, order="C") for w in weights]
+        for old, new in zip(current, arrays):
+            if old.shape != new.shape:
+                raise ValueError(
+                    f"Layer {self.name} weight shape {old.shape} is not compatible with provided "
+                    f"weight shape {new.shape}."
+                )
+        self.kernel = arrays[0]
+        if self.use_bias:
+            self.bias = arrays[1]
+
+    def count_params(self) -> int:
+        """Number of weight elements.
+
+        Raises:
+            ValueError: Before the layer is built.
+        """
+        if not self.built:
+            raise ValueError(
+                f"You tried to call `count_params` on layer '{self.name}', but the layer isn't "
+                "built. You can build it manually via: `layer.build(input_shape)`."
+            )
+        return int(sum(w.size for w in self.weights))
+
+    def apply_constraints(self) -> None:
+        """Projects the weights with their constraints, as Keras does after an optimizer step."""
+        if self.built and self.depthwise_constraint is not None:
+            self.kernel = np.ascontiguousarray(self.depthwise_constraint(self.kernel), dtype=self.variable_dtype)
+        if self.built and self.use_bias and self.bias_constraint is not None:
+            self.bias = np.ascontiguousarray(self.bias_constraint(self.bias), dtype=self.variable_dtype)
+
+    @property
+    def losses(self) -> list[np.floating]:
+        """Activity loss of the last call (reg(y) / batch), then the weight penalties."""
+        out = list(self._activity_losses)
+        if self.built and self.trainable:
+            if self.depthwise_regularizer is not None:
+                out.append(np.asarray(self.depthwise_regularizer(self.kernel)))
+            if self.use_bias and self.bias_regularizer is not None:
+                out.append(np.asarray(self.bias_regularizer(self.bias)))
+        return out
+
+    # ----------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        """Keras-format config (JSON-safe); Keras's `DepthwiseConv2D.from_config` accepts it."""
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": {
+                "module": "keras",
+                "class_name": "DTypePolicy",
+                "config": {"name": self.dtype_policy},
+                "registered_name": None,
+            },
+            "depth_multiplier": self.depth_multiplier,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": self.data_format,
+            "dilation_rate": self.dilation_rate,
+            "activation": self._activation.serialize(),
+            "use_bias": self.use_bias,
+            "depthwise_initializer": init_lib.serialize(self.depthwise_initializer),
+            "bias_initializer": init_lib.serialize(self.bias_initializer),
+            "depthwise_regularizer": reg_lib.serialize(self.depthwise_regularizer),
+            "bias_regularizer": reg_lib.serialize(self.bias_regularizer),
+            "activity_regularizer": reg_lib.serialize(self.activity_regularizer),
+            "depthwise_constraint": constraint_lib.serialize(self.depthwise_constraint),
+            "bias_constraint": constraint_lib.serialize(self.bias_constraint),
+        }
+        if self.target != "host":
+            config["target"] = self.target if isinstance(self.target, (str, dict)) else str(self.target)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> DepthwiseConv2D:
+        """Builds a layer from `get_config()` output or from a Keras `DepthwiseConv2D` config."""
+        return cls(**config)

@@ -1,0 +1,135 @@
+"""`CompiledOp`: a compiled depthwise kernel that is called with NumPy or DLPack tensors.
+
+The kernel takes C-contiguous buffers of the spec's dtype and exact shapes. Every argument is
+checked here before it reaches TVM, so a bad call raises a ValueError/TypeError that names the
+argument instead of crashing or returning wrong numbers. CPU tensors from other frameworks go
+through `numpy.from_dlpack` (no copy); outputs come back in the caller's framework.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .spec import DepthwiseSpec
+
+
+def as_host_array(value: Any, name: str) -> np.ndarray:
+    """A NumPy view of a NumPy array or a CPU `__dlpack__` tensor (copied only when it must be).
+
+    Args:
+        value: The tensor.
+        name: Argument name for error messages.
+
+    Returns:
+        A NumPy array sharing memory with `value` where possible.
+
+    Raises:
+        TypeError: If `value` is not an array-like tensor.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "__dlpack__"):
+        if getattr(value, "requires_grad", False):
+            value = value.detach()  # inference only: torch refuses to export graph tensors
+        try:
+            return np.from_dlpack(value)
+        except (BufferError, RuntimeError, TypeError, ValueError) as err:
+            raise TypeError(
+                f"`{name}` could not be read through DLPack as a CPU tensor: {err}"
+            ) from None
+    if isinstance(value, (list, tuple)) or hasattr(value, "__array__"):
+        return np.asarray(value)
+    raise TypeError(
+        f"`{name}` must be a NumPy array or a tensor with `__dlpack__`. "
+        f"Received an object of type {type(value).__name__}"
+    )
+
+
+def like_input(result: np.ndarray, original: Any) -> Any:
+    """Returns `result` in the framework of `original` (zero-copy via DLPack), else NumPy."""
+    if isinstance(original, np.ndarray) or not hasattr(original, "__dlpack__"):
+        return result
+    top = type(original).__module__.split(".")[0]
+    for module_name in (top, f"{top}.numpy"):
+        module = sys.modules.get(module_name)
+        from_dlpack = getattr(module, "from_dlpack", None)
+        if from_dlpack is not None:
+            return from_dlpack(result)
+    return result
+
+
+def _check(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    if arr.dtype != np.dtype(dtype):
+        raise TypeError(f"`{name}` must have dtype {dtype}. Received dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"`{name}` must have shape {shape}. Received shape {arr.shape}")
+    # The kernel indexes densely; any other strides (views, Fortran order) get one copy.
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+
+class CompiledOp:
+    """A depthwise convolution kernel compiled for one spec and one target.
+
+    Call it as `op(x, kernel, bias)` (no bias when `spec.bias` is False).
+
+    Args:
+        module: The TVM runtime module holding the kernel.
+        spec: The workload it computes.
+        target: Canonical text of the target it was compiled for.
+        schedule: Which schedule produced it (e.g. `"default:cpu"`).
+        path: The shared library on disk, if any.
+    """
+
+    entry = "main"
+
+    def __init__(self, module, spec: DepthwiseSpec, target: str, schedule: str, path: Path | None = None):
+        self.module = module
+        self.spec = spec
+        self.target = target
+        self.schedule = schedule
+        self.path = path
+        self._fn = module[self.entry]
+
+    def __repr__(self) -> str:
+        return f"CompiledOp({self.spec.key}, target={self.target}, schedule={self.schedule})"
+
+    def __call__(self, x: Any, kernel: Any, bias: Any = None, *, out: np.ndarray | None = None) -> Any:
+        """Runs the kernel.
+
+        Args:
+            x: Input, shape `spec.input_shape`, dtype `spec.dtype`.
+            kernel: Depthwise kernel, shape `(kh, kw, C, depth_multiplier)`.
+            bias: Bias, shape `(C * depth_multiplier,)`; required iff `spec.bias`.
+            out: Optional C-contiguous NumPy array to write the result into.
+
+        Returns:
+            The output, in the framework of `x` (a fresh NumPy array for NumPy input).
+
+        Raises:
+            ValueError: On a shape mismatch or a missing/unexpected bias.
+            TypeError: On a dtype mismatch or an unsupported tensor type.
+        """
+        spec = self.spec
+        xs = _check(as_host_array(x, "x"), "x", spec.input_shape, spec.dtype)
+        ks = _check(as_host_array(kernel, "kernel"), "kernel", spec.kernel_shape, spec.dtype)
+        args = [xs, ks]
+        if spec.bias:
+            if bias is None:
+                raise ValueError("`bias` is required: this op was compiled with a bias.")
+            args.append(_check(as_host_array(bias, "bias"), "bias", spec.bias_shape, spec.dtype))
+        elif bias is not None:
+            raise ValueError("`bias` must be None: this op was compiled without a bias.")
+        if out is None:
+            result = np.empty(spec.output_shape, dtype=spec.dtype)
+        else:
+            if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:
+                raise TypeError("`out` must be a writeable C-contiguous NumPy array.")
+            result = _check(out, "out", spec.output_shape, spec.dtype)
+            if any(np.may_share_memory(result, a) for a in args):
+                raise ValueError("`out` must not overlap the inputs.")
+        self._fn(*args, result)
+        return like_input(result, x)

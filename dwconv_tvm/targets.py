@@ -1,0 +1,134 @@
+"""Target names -> `tvm.target.Target`, and the key that names a target's kernels and logs.
+
+TVM 0.27 targets are JSON dicts. CPU targets carry `num-cores` (MetaSchedule needs it) and an
+`mcpu`, which decides the SIMD width the schedules vectorize for.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+TargetLike = Any  # str | dict | tvm.target.Target
+
+
+def host_cores() -> int:
+    """Cores this process may run on (physical cores when psutil can tell)."""
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:  # psutil is a dependency; this only guards odd installs
+        physical = None
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(physical or available or 1, available or 1))
+
+
+@functools.lru_cache(maxsize=1)
+def host_target_dict() -> dict:
+    """The JSON dict of the `host` target: this machine's CPU model and usable cores."""
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": host_cores()}
+
+
+NAMED_TARGETS: dict[str, str] = {
+    "host": "this machine's CPU: detected model (mcpu) and core count",
+    "cuda": "NVIDIA GPU; pass arch via a dict, e.g. {'kind': 'cuda', 'arch': 'sm_90'}",
+}
+
+
+def _named(name: str) -> dict | None:
+    if name == "host":
+        return host_target_dict()
+    if name == "cuda":
+        return {"kind": "cuda", "arch": "sm_80"}
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_cached(text: str):
+    import tvm
+
+    try:
+        return tvm.target.Target(json.loads(text))
+    except Exception as err:  # TVM raises its own error types for bad targets
+        raise ValueError(f"Invalid `target`: {text}. TVM said: {str(err).splitlines()[-1]}") from None
+
+
+def resolve_target(target: TargetLike = "host"):
+    """Turns a target name, JSON dict or string, or `tvm.target.Target` into a Target.
+
+    Args:
+        target: `"host"`, `"cuda"`, a TVM target string or tag (e.g. `"llvm"`), a JSON dict
+            (`{"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 4}`), its JSON text, or a
+            `tvm.target.Target`.
+
+    Returns:
+        The `tvm.target.Target`.
+
+    Raises:
+        ValueError: If TVM does not accept the target.
+        TypeError: If `target` is of another type.
+    """
+    import tvm
+
+    if target is None:
+        target = "host"
+    if isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, str):
+        named = _named(target)
+        if named is not None:
+            target = named
+        elif target.lstrip().startswith("{"):
+            try:
+                target = json.loads(target)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"Invalid `target` JSON: {target!r} ({err})") from None
+        else:
+            try:
+                return tvm.target.Target(target)
+            except Exception as err:
+                raise ValueError(
+                    f"Invalid `target`: {target!r}. Expected 'host', 'cuda', a TVM target "
+                    f"string or tag, or a JSON dict. TVM said: {str(err).splitlines()[-1]}"
+                ) from None
+    if isinstance(target, dict):
+        return _resolve_cached(json.dumps(target, sort_keys=True))
+    raise TypeError(
+        "`target` must be a name, a JSON dict or a tvm.target.Target. "
+        f"Received: target={target!r} of type {type(target).__name__}"
+    )
+
+
+def target_key(target: TargetLike) -> str:
+    """A short, file-name-safe key naming the hardware: `llvm-znver4`, `cuda-sm_90`.
+
+    Kernels and tuning records are only valid for the hardware they were made for, so caches
+    and logs are partitioned by this key (core count and other attributes go in the full
+    target text that the kernel cache also hashes).
+
+    Args:
+        target: Anything `resolve_target` accepts.
+
+    Returns:
+        The key.
+    """
+    tgt = resolve_target(target)
+    kind = tgt.kind.name
+    attrs = tgt.attrs
+    if kind == "cuda":
+        return f"cuda-{attrs.get('arch', 'sm_unknown')}"
+    cpu = attrs.get("mcpu") or "generic"
+    triple = str(attrs.get("mtriple") or "")
+    arch = triple.split("-")[0] if triple else ""
+    key = f"{kind}-{cpu}" if not arch or arch == "x86_64" else f"{kind}-{arch}-{cpu}"
+    return key.replace("/", "_").replace(" ", "_")
+
+
+def target_text(target: TargetLike) -> str:
+    """The canonical JSON text of a target, for hashing and sidecars."""
+    return str(resolve_target(target))
