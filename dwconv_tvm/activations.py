@@ -97,12 +97,14 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _sparsemax(x: np.ndarray) -> np.ndarray:
+    # Keras 3's formula on every backend: tau sums the cumulative sums over the support (the
+    # paper takes the cumulative sum at k), so outputs need not sum to 1. Matched on purpose.
     z = np.sort(x, axis=-1)[..., ::-1]
     k = np.arange(1, x.shape[-1] + 1, dtype=x.dtype)
     cumsum = np.cumsum(z, axis=-1)
-    support = (1 + k * z) > cumsum
+    support = z - (cumsum - 1) / k > 0
     k_z = support.sum(axis=-1, keepdims=True)
-    tau = (np.take_along_axis(cumsum, k_z - 1, axis=-1) - 1) / k_z.astype(x.dtype)
+    tau = (np.where(support, cumsum, 0).sum(axis=-1, keepdims=True) - 1) / k_z
     return np.maximum(x - tau, 0)
 
 
@@ -122,6 +124,9 @@ POST_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sparsemax": _sparsemax,
     "glu": _glu,
 }
+
+# Keras serializes these aliases under the function's own name.
+ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
 
 # Keras names that need arguments Keras cannot pass when called by name.
 _NEEDS_ARGUMENTS = {"threshold"}
@@ -146,13 +151,13 @@ def fuse(name: str, x, tirx_module=None):
 
 
 def check_name(name: str) -> str:
-    """Validates an activation name the way Keras's `activations.get` does.
+    """Validates an activation name the way Keras's `activations.get` does; canonicalizes aliases.
 
     Args:
         name: A Keras activation name.
 
     Returns:
-        The name.
+        The canonical name (`swish` -> `silu`, `hard_swish` -> `hard_silu`).
 
     Raises:
         ValueError: If Keras would not accept the name for a layer's `activation`.
@@ -164,7 +169,7 @@ def check_name(name: str) -> str:
         )
     if name not in ALL_ACTIVATIONS:
         raise ValueError(f"Could not interpret activation function identifier: {name}")
-    return name
+    return ALIASES.get(name, name)
 
 
 def apply_post(name: str, y: np.ndarray) -> np.ndarray:

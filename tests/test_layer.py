@@ -1,0 +1,333 @@
+"""The layer's Keras semantics: arguments, errors, weights, config, losses, dtypes, inputs."""
+
+import json
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from dwconv_tvm import DepthwiseConv2D, keras_config
+from reference import ACTIVATIONS, depthwise
+
+
+def test_seed_example_positional_strides(rng):
+    # DepthwiseConv2D(3, 3, ...) means strides=3, as in Keras.
+    y = DepthwiseConv2D(3, 3, activation="relu")(rng.random((4, 10, 10, 12)))
+    assert y.shape == (4, 3, 3, 12)
+
+
+def test_seed_example_keyword_form(rng):
+    layer = DepthwiseConv2D(kernel_size=3, depth_multiplier=3, activation="relu")
+    x = rng.random((4, 10, 10, 12))
+    y = layer(x)
+    assert y.shape == (4, 8, 8, 36)
+    assert y.dtype == np.float32  # float64 input, float32 layer
+    expected = np.maximum(depthwise(x.astype(np.float32), layer.kernel, layer.bias), 0)
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_defaults_match_keras_signature():
+    layer = DepthwiseConv2D(3)
+    assert layer.strides == (1, 1) and layer.dilation_rate == (1, 1) and layer.kernel_size == (3, 3)
+    assert layer.padding == "valid" and layer.depth_multiplier == 1 and layer.use_bias
+    assert layer.activation == "linear" and layer.data_format == "channels_last"
+    assert type(layer.depthwise_initializer).__name__ == "GlorotUniform"
+    assert type(layer.bias_initializer).__name__ == "Zeros"
+    assert layer.compute_dtype == layer.variable_dtype == "float32"
+
+
+def test_case_insensitive_strings():
+    layer = DepthwiseConv2D(3, padding="SAME", data_format="Channels_First")
+    assert layer.padding == "same" and layer.data_format == "channels_first"
+
+
+BAD_ARGUMENTS = [
+    (dict(kernel_size=0), "kernel_size"),
+    (dict(kernel_size=(3,)), "kernel_size"),
+    (dict(kernel_size="3"), "kernel_size"),
+    (dict(kernel_size=(3, 2.5)), "kernel_size"),
+    (dict(kernel_size=3, strides=0), "strides"),
+    (dict(kernel_size=3, strides=(1, -1)), "strides"),
+    (dict(kernel_size=3, dilation_rate=0), "dilation_rate"),
+    (dict(kernel_size=3, strides=2, dilation_rate=2), "dilation_rate > 1"),
+    (dict(kernel_size=3, strides=(1, 2), dilation_rate=(2, 1)), "dilation_rate > 1"),
+    (dict(kernel_size=3, padding="full"), "padding"),
+    (dict(kernel_size=3, padding=1), "padding"),
+    (dict(kernel_size=3, depth_multiplier=0), "depth_multiplier"),
+    (dict(kernel_size=3, depth_multiplier=1.5), "depth_multiplier"),
+    (dict(kernel_size=3, data_format="nchw"), "data_format"),
+    (dict(kernel_size=3, activation="nope"), "activation"),
+    (dict(kernel_size=3, activation="threshold"), "threshold"),
+    (dict(kernel_size=3, depthwise_initializer="nope"), "initializer"),
+    (dict(kernel_size=3, bias_regularizer="nope"), "regularizer"),
+    (dict(kernel_size=3, depthwise_constraint="nope"), "constraint"),
+    (dict(kernel_size=3, dtype="int8"), "dtype"),
+    (dict(kernel_size=3, dtype="bfloat16"), "dtype"),
+    (dict(kernel_size=3, name="a/b"), "name"),
+    (dict(kernel_size=3, foo=1), "Unrecognized keyword arguments"),
+]
+
+
+@pytest.mark.parametrize("kwargs,needle", BAD_ARGUMENTS, ids=[str(a) for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_raise_value_error(kwargs, needle):
+    with pytest.raises(ValueError, match=None) as info:
+        DepthwiseConv2D(**kwargs)
+    assert needle in str(info.value)
+
+
+BAD_INPUTS = [
+    (np.zeros((2, 9, 9), np.float32), "expected ndim=4"),
+    (np.zeros((2, 9, 9, 3, 1), np.float32), "expected ndim=4"),
+    (np.zeros((2, 9, 9, 3), np.int32), "floating-point"),
+    (np.zeros((2, 9, 9, 3), bool), "floating-point"),
+    (np.zeros((2, 9, 9, 3), np.complex64), "floating-point"),
+    (np.zeros((2, 2, 2, 3), np.float32), "zero or negative"),
+    (np.zeros((0, 9, 9, 3), np.float32), "empty"),
+]
+
+
+@pytest.mark.parametrize("x,needle", BAD_INPUTS, ids=[m + str(i) for i, (_, m) in enumerate(BAD_INPUTS)])
+def test_bad_inputs_raise_value_error(x, needle):
+    with pytest.raises(ValueError) as info:
+        DepthwiseConv2D(3)(x)
+    assert needle in str(info.value)
+
+
+def test_channel_mismatch_after_build():
+    layer = DepthwiseConv2D(3)
+    layer(np.zeros((1, 5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 3"):
+        layer(np.zeros((1, 5, 5, 4), np.float32))
+
+
+def test_non_tensor_input_raises_type_error():
+    with pytest.raises(TypeError, match="inputs"):
+        DepthwiseConv2D(3)(object())
+
+
+def test_build_creates_keras_layout_weights():
+    layer = DepthwiseConv2D((3, 2), depth_multiplier=4, data_format="channels_first")
+    assert layer.weights == [] and layer.get_weights() == []
+    layer.build((None, 5, None, None))
+    assert layer.kernel.shape == (3, 2, 5, 4) and layer.bias.shape == (20,)
+    assert layer.count_params() == 3 * 2 * 5 * 4 + 20
+    assert layer.compute_output_shape((None, 5, 10, None)) == (None, 20, 8, None)
+
+
+def test_weights_copies_and_errors(rng):
+    layer = DepthwiseConv2D(3)
+    with pytest.raises(ValueError, match="expecting 0 weights"):
+        layer.set_weights([np.zeros((3, 3, 2, 1))])
+    with pytest.raises(ValueError, match="isn't built"):
+        layer.count_params()
+    layer.build((1, 5, 5, 2))
+    weights = layer.get_weights()
+    weights[0][...] = 7
+    assert not np.any(layer.kernel == 7)  # get_weights returns copies
+    new = [rng.standard_normal((3, 3, 2, 1)), rng.standard_normal(2)]
+    layer.set_weights(new)
+    new[0][...] = 0
+    assert np.any(layer.kernel != 0)  # set_weights copies too
+    assert layer.kernel.dtype == np.float32
+    with pytest.raises(ValueError, match=r"weight shape \(3, 3, 2, 1\) is not compatible"):
+        layer.set_weights([np.zeros((3, 3, 2, 2)), np.zeros(2)])
+    with pytest.raises(ValueError, match="expecting 2 weights"):
+        layer.set_weights([np.zeros((3, 3, 2, 1))])
+
+
+def test_initial_weights_kwarg():
+    kernel = np.full((3, 3, 2, 1), 0.5, np.float32)
+    layer = DepthwiseConv2D(3, use_bias=False, weights=[kernel])
+    y = layer(np.ones((1, 3, 3, 2), np.float32))
+    np.testing.assert_allclose(y, np.full((1, 1, 1, 2), 4.5))
+
+
+def test_initializers_use_conv_fans():
+    layer = DepthwiseConv2D(5, depth_multiplier=2, depthwise_initializer={"class_name": "GlorotUniform", "config": {"seed": 3}})
+    layer.build((1, 9, 9, 64))
+    fan_in, fan_out = 5 * 5 * 64, 5 * 5 * 2
+    limit = np.sqrt(6 / (fan_in + fan_out))
+    assert np.abs(layer.kernel).max() <= limit
+    assert np.abs(layer.kernel).max() > 0.9 * limit
+    he = DepthwiseConv2D(3, depthwise_initializer="he_normal")
+    he.build((1, 9, 9, 200))
+    assert np.std(he.kernel) == pytest.approx(np.sqrt(2 / (9 * 200)), rel=0.1)
+
+
+def test_auto_unique_names():
+    a, b = DepthwiseConv2D(3), DepthwiseConv2D(3)
+    assert a.name != b.name and a.name.startswith("depthwise_conv2d") and b.name.startswith("depthwise_conv2d")
+    assert DepthwiseConv2D(3, name="mine").name == "mine"
+
+
+def test_config_round_trip_json():
+    layer = DepthwiseConv2D(
+        (3, 5), strides=(2, 1), padding="same", depth_multiplier=2, data_format="channels_first",
+        activation="hard_silu", use_bias=False, depthwise_initializer="he_uniform",
+        depthwise_regularizer="l2", activity_regularizer={"class_name": "L1", "config": {"l1": 0.5}},
+        depthwise_constraint="max_norm", bias_constraint="non_neg", dtype="float64", name="dw",
+    )
+    config = json.loads(json.dumps(layer.get_config()))
+    clone = DepthwiseConv2D.from_config(config)
+    assert json.loads(json.dumps(clone.get_config())) == config
+    assert clone.kernel_size == (3, 5) and clone.strides == (2, 1) and clone.compute_dtype == "float64"
+    assert config["dtype"]["config"]["name"] == "float64"
+    assert config["activity_regularizer"]["config"]["l1"] == pytest.approx(0.5)
+
+
+def custom_activation(x):
+    return x * 2.0
+
+
+def test_callable_activation_and_config():
+    layer = DepthwiseConv2D(1, use_bias=False, activation=custom_activation, depthwise_initializer="ones")
+    np.testing.assert_allclose(layer(np.ones((1, 2, 2, 3), np.float32)), 2.0)
+    clone = DepthwiseConv2D.from_config(json.loads(json.dumps(layer.get_config())))
+    assert clone.activation is custom_activation
+    with pytest.raises(ValueError, match="serialize"):
+        DepthwiseConv2D(1, activation=lambda x: x).get_config()
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "sparsemax", "glu"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_non_elementwise_activations_over_last_axis(rng, name, data_format):
+    layer = DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation=name, data_format=data_format)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    y = layer(x)
+    expected = ACTIVATIONS[name](depthwise(x, layer.kernel, layer.bias, padding="same", data_format=data_format))
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_losses_weight_and_activity():
+    layer = DepthwiseConv2D(
+        1, depthwise_regularizer={"class_name": "L2", "config": {"l2": 0.5}}, bias_regularizer="l1",
+        activity_regularizer={"class_name": "L1", "config": {"l1": 0.25}},
+        depthwise_initializer={"class_name": "Constant", "config": {"value": 2.0}}, bias_initializer="ones",
+    )
+    assert layer.losses == []
+    x = np.ones((4, 2, 2, 3), np.float32)
+    y = layer(x)
+    activity, kernel_loss, bias_loss = layer.losses
+    assert float(activity) == pytest.approx(0.25 * np.abs(y).sum() / 4)
+    assert float(kernel_loss) == pytest.approx(0.5 * 4.0 * 3)
+    assert float(bias_loss) == pytest.approx(0.01 * 3, rel=1e-6)
+    y2 = layer(x[:2] * 0)  # every output is the bias, 1.0
+    assert len(layer.losses) == 3  # replaced, not added
+    assert float(layer.losses[0]) == pytest.approx(0.25 * y2.size / 2)
+    layer.trainable = False
+    assert len(layer.losses) == 1  # Keras regularizes trainable weights only
+
+
+def test_constraints_stored_not_applied_in_call():
+    layer = DepthwiseConv2D(1, depthwise_constraint="non_neg", depthwise_initializer={"class_name": "Constant", "config": {"value": -1.0}})
+    y = layer(np.ones((1, 2, 2, 2), np.float32))
+    np.testing.assert_allclose(y, -1.0)  # not projected during the forward pass
+    assert np.all(layer.kernel == -1)
+    layer.apply_constraints()  # what an optimizer step would do afterwards
+    assert np.all(layer.kernel == 0)
+
+
+@pytest.mark.parametrize("dtype,input_dtype,expected", [
+    ("float32", np.float64, np.float32),
+    ("float32", np.float16, np.float32),
+    ("float64", np.float32, np.float64),
+    ("float16", np.float32, np.float16),
+    ("mixed_float16", np.float32, np.float16),
+    ({"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float64"}, "registered_name": None}, np.float32, np.float64),
+])
+def test_dtype_rules(rng, dtype, input_dtype, expected):
+    layer = DepthwiseConv2D(3, dtype=dtype)
+    y = layer(rng.standard_normal((1, 5, 5, 2)).astype(input_dtype))
+    assert y.dtype == expected
+    if dtype == "mixed_float16":
+        assert layer.kernel.dtype == np.float32 and layer.compute_dtype == "float16"
+
+
+def test_keras_json_data_format_and_floatx(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "keras", raising=False)  # read the file, not a live Keras
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert DepthwiseConv2D(3).data_format == "channels_last"
+    (tmp_path / "keras.json").write_text(json.dumps({"image_data_format": "channels_first", "floatx": "float64"}))
+    layer = DepthwiseConv2D(3)
+    assert layer.data_format == "channels_first" and layer.compute_dtype == "float64"
+    assert DepthwiseConv2D(3, data_format="channels_last").data_format == "channels_last"
+    (tmp_path / "keras.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="malformed"):
+        assert DepthwiseConv2D(3).data_format == "channels_last"
+    (tmp_path / "keras.json").write_text(json.dumps({"image_data_format": "sideways"}))
+    with pytest.warns(UserWarning, match="invalid"):
+        assert keras_config.image_data_format() == "channels_last"
+
+
+def test_keras_json_home_fallback(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "keras", raising=False)
+    monkeypatch.delenv("KERAS_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".keras").mkdir()
+    (tmp_path / ".keras" / "keras.json").write_text(json.dumps({"image_data_format": "channels_first"}))
+    assert DepthwiseConv2D(3).data_format == "channels_first"
+
+
+def test_torch_input_zero_copy_and_torch_output(rng):
+    torch = pytest.importorskip("torch")
+    layer = DepthwiseConv2D(3, padding="same", activation="relu6")
+    x = torch.randn(2, 7, 7, 4, requires_grad=True)
+    y = layer(x)
+    assert isinstance(y, torch.Tensor) and tuple(y.shape) == (2, 7, 7, 4)
+    expected = ACTIVATIONS["relu6"](depthwise(x.detach().numpy(), layer.kernel, layer.bias, padding="same"))
+    np.testing.assert_allclose(y.numpy(), expected, atol=1e-5)
+    nchw_view = torch.randn(2, 4, 7, 7).permute(0, 2, 3, 1)  # non-contiguous channels_last view
+    np.testing.assert_allclose(
+        layer(nchw_view).numpy(),
+        ACTIVATIONS["relu6"](depthwise(nchw_view.numpy(), layer.kernel, layer.bias, padding="same")),
+        atol=1e-5,
+    )
+
+
+def test_output_is_fresh_array(rng):
+    layer = DepthwiseConv2D(3)
+    x = rng.standard_normal((1, 5, 5, 2)).astype(np.float32)
+    a, b = layer(x), layer(x)
+    assert a is not b and not np.shares_memory(a, b)
+
+
+def test_concurrent_calls_from_threads(rng):
+    layer = DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="gelu")
+    inputs = [rng.standard_normal((1, 12, 12, 8)).astype(np.float32) for _ in range(6)]
+    expected = [layer(x) for x in inputs]
+    errors = []
+
+    def work(i):
+        for r in range(40):
+            j = (i + r) % len(inputs)
+            if not np.array_equal(layer(inputs[j]), expected[j]):
+                errors.append(j)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_concurrent_first_calls_build_once(rng):
+    layer = DepthwiseConv2D(3, padding="same")
+    x = rng.standard_normal((1, 9, 9, 3)).astype(np.float32)
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, layer(x))) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(results[0], r) for r in results.values())
+    np.testing.assert_allclose(results[0], depthwise(x, layer.kernel, layer.bias, padding="same"), atol=1e-5)
+
+
+def test_target_kwarg_and_invalid_target():
+    layer = DepthwiseConv2D(3, target="llvm")
+    assert layer(np.ones((1, 3, 3, 1), np.float32)).shape == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match="target"):
+        DepthwiseConv2D(3)(np.ones((1, 3, 3, 1), np.float32), target="not-a-target")
+    assert layer.get_config()["target"] == "llvm"
