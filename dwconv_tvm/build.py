@@ -83,12 +83,25 @@ def kernel_path(spec: DepthwiseSpec, target, root: Path | None = None) -> Path:
     return root / "kernels" / target_key(target) / f"{spec.key}-{digest}.so"
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _load_cached(path: Path, spec: DepthwiseSpec, target_text: str) -> CompiledOp | None:
-    sidecar = cache.read_json(path.with_suffix(".json"))
-    if sidecar is None or not path.exists():
+    sidecar_path = path.with_suffix(".json")
+    if not sidecar_path.exists() or not path.exists():
+        return None
+    sidecar = cache.read_json(sidecar_path)
+    if sidecar is None:
+        warnings.warn(f"Ignoring cache entry {path}: unreadable sidecar {sidecar_path.name}.", stacklevel=3)
         return None
     if sidecar.get("spec") != spec.to_dict() or sidecar.get("target") != target_text:
         warnings.warn(f"Ignoring cache entry {path}: it describes another kernel.", stacklevel=3)
+        return None
+    # dlopen of a truncated or altered library can kill the process (SIGBUS), so the bytes are
+    # checked against what was written before TVM sees them.
+    if sidecar.get("sha256") != _file_digest(path):
+        warnings.warn(f"Ignoring cache entry {path}: the library does not match its checksum.", stacklevel=3)
         return None
     import tvm
 
@@ -112,6 +125,7 @@ def _build(spec: DepthwiseSpec, target, path: Path | None) -> CompiledOp:
     cache.atomic_write_json(
         path.with_suffix(".json"),
         {
+            "sha256": _file_digest(path),
             "spec": spec.to_dict(),
             "target": target_text,
             "tvm_version": _tvm_version(),
