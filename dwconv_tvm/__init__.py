@@ -6,11 +6,15 @@
     (1, 56, 56, 144)
 """
 
-from .build import compile  # noqa: A004
-from .layer import DepthwiseConv2D
-from .runtime import CompiledOp
-from .spec import DepthwiseSpec
-from .targets import resolve_target, target_key
+from .targets import configure_host_threads
+
+configure_host_threads()  # before TVM's thread pool first starts
+
+from .build import compile  # noqa: A004, E402
+from .layer import DepthwiseConv2D  # noqa: E402
+from .runtime import CompiledOp  # noqa: E402
+from .spec import DepthwiseSpec  # noqa: E402
+from .targets import resolve_target, target_key  # noqa: E402
 
 __version__ = "0.1.0"
 

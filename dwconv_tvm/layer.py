@@ -245,11 +245,13 @@ class DepthwiseConv2D:
             )
 
         self.built = False
-        self.kernel: np.ndarray | None = None
-        self.bias: np.ndarray | None = None
+        self._kernel: np.ndarray | None = None
+        self._bias: np.ndarray | None = None
         self._channels: int | None = None
         self._activity_losses: list[np.floating] = []
         self._ops: dict[tuple, CompiledOp] = {}
+        # (input shape, input dtype) -> the op for the default target: the hot path.
+        self._plans: dict[tuple, CompiledOp] = {}
         self._build_lock = threading.Lock()
 
     # ----------------------------------------------------------------- Keras surface
@@ -257,6 +259,37 @@ class DepthwiseConv2D:
     def activation(self) -> Callable | str:
         """The activation: its Keras name, or the user's callable."""
         return self._activation.function or self._activation.name
+
+    @property
+    def kernel(self) -> np.ndarray | None:
+        """Depthwise kernel `(kh, kw, C, depth_multiplier)` (None before build)."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, value: Any) -> None:
+        self._kernel = self._validated_weight(value, self._kernel, "kernel")
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        """Bias `(C * depth_multiplier,)` (None before build or without bias)."""
+        return self._bias
+
+    @bias.setter
+    def bias(self, value: Any) -> None:
+        if not self.use_bias:
+            raise ValueError(f"Layer {self.name} has no bias (use_bias=False).")
+        self._bias = self._validated_weight(value, self._bias, "bias")
+
+    def _validated_weight(self, value: Any, current: np.ndarray | None, name: str) -> np.ndarray:
+        if current is None:
+            raise ValueError(f"Layer {self.name} is not built yet: call it or `build(input_shape)` before setting `{name}`.")
+        array = np.array(as_host_array(value, name), dtype=self.variable_dtype, order="C")
+        if array.shape != current.shape:
+            raise ValueError(
+                f"Layer {self.name} weight shape {current.shape} is not compatible with provided "
+                f"weight shape {array.shape}."
+            )
+        return array
 
     @property
     def dtype(self) -> str:
@@ -293,10 +326,10 @@ class DepthwiseConv2D:
             self._channels = int(channels)
             self.compute_output_shape(shape)
             kernel_shape = (*self.kernel_size, self._channels, self.depth_multiplier)
-            self.kernel = np.ascontiguousarray(self.depthwise_initializer(kernel_shape, self.variable_dtype))
+            self._kernel = np.ascontiguousarray(self.depthwise_initializer(kernel_shape, self.variable_dtype))
             if self.use_bias:
                 bias_shape = (self._channels * self.depth_multiplier,)
-                self.bias = np.ascontiguousarray(self.bias_initializer(bias_shape, self.variable_dtype))
+                self._bias = np.ascontiguousarray(self.bias_initializer(bias_shape, self.variable_dtype))
             self.built = True
             if self._initial_weights is not None:
                 weights, self._initial_weights = self._initial_weights, None
@@ -363,6 +396,10 @@ class DepthwiseConv2D:
             ValueError: On a non-float input, wrong rank, channel mismatch or empty output.
             TypeError: If `inputs` is not a tensor.
         """
+        if target is None and type(inputs) is np.ndarray:
+            op = self._plans.get((inputs.shape, inputs.dtype))
+            if op is not None:  # shape, dtype and channels were validated when the plan was made
+                return self._forward(inputs, op)
         x = as_host_array(inputs, "inputs")
         if x.dtype.kind != "f" or x.dtype.name not in ("float16", "float32", "float64"):
             raise ValueError(
@@ -378,22 +415,36 @@ class DepthwiseConv2D:
                 f"expected axis {self._channel_axis()} of input shape to have value {self._channels}, "
                 f"but received input with shape {x.shape}"
             )
-        y = self.call(x, target)
+        if not self.autocast and x.dtype != self.compute_dtype:
+            raise ValueError(
+                f"Layer '{self.name}' has autocast=False and computes in {self.compute_dtype}; "
+                f"received input with dtype {x.dtype}."
+            )
+        op = self._op(x.shape, target)
+        if target is None and x is inputs:
+            self._plans[(x.shape, x.dtype)] = op
+        return like_input(self._forward(x, op), inputs)
+
+    def _forward(self, x: np.ndarray, op: CompiledOp) -> np.ndarray:
+        compute = op._dtype
+        if x.dtype != compute:
+            x = x.astype(compute)
+        elif not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)  # one copy; the kernel indexes densely
+        kernel, bias = self._kernel, self._bias
+        if kernel.dtype != compute:  # mixed precision: float32 variables, float16 compute
+            kernel = kernel.astype(compute)
+            bias = None if bias is None else bias.astype(compute)
+        y = op.run_checked(x, kernel, bias)
+        if self._activation.post is not None:
+            y = self._activation(y)
         if self.activity_regularizer is not None:
             self._activity_losses = [np.asarray(self.activity_regularizer(y)) / y.shape[0]]
-        return like_input(y, inputs)
+        return y
 
-    def call(self, inputs: np.ndarray, target: Any = None) -> np.ndarray:
-        """The forward computation on a NumPy array (autocast, kernel, non-fused activation)."""
-        compute = self.compute_dtype
-        if self.autocast and inputs.dtype != compute:
-            inputs = inputs.astype(compute)
-        op = self._op(inputs.shape, target)
-        kernel = self.kernel if self.kernel.dtype == compute else self.kernel.astype(compute)
-        bias = None
-        if self.use_bias:
-            bias = self.bias if self.bias.dtype == compute else self.bias.astype(compute)
-        return self._activation(op(inputs, kernel, bias))
+    def call(self, inputs: Any, target: Any = None) -> Any:
+        """Keras's `call`: the forward pass (same as calling the layer)."""
+        return self(inputs, target)
 
     # ----------------------------------------------------------------- weights
     @property
@@ -430,16 +481,10 @@ class DepthwiseConv2D:
                 f"You called `set_weights(weights)` on layer '{self.name}' with a weight list of "
                 f"length {len(weights)}, but the layer was expecting {len(current)} weights."
             )
-        arrays = [np.array(as_host_array(w, "weights"), dtype=self.variable_dtype, order="C") for w in weights]
-        for old, new in zip(current, arrays):
-            if old.shape != new.shape:
-                raise ValueError(
-                    f"Layer {self.name} weight shape {old.shape} is not compatible with provided "
-                    f"weight shape {new.shape}."
-                )
-        self.kernel = arrays[0]
+        arrays = [self._validated_weight(new, old, "weights") for new, old in zip(weights, current)]
+        self._kernel = arrays[0]
         if self.use_bias:
-            self.bias = arrays[1]
+            self._bias = arrays[1]
 
     def count_params(self) -> int:
         """Number of weight elements.
@@ -457,9 +502,9 @@ class DepthwiseConv2D:
     def apply_constraints(self) -> None:
         """Projects the weights with their constraints, as Keras does after an optimizer step."""
         if self.built and self.depthwise_constraint is not None:
-            self.kernel = np.ascontiguousarray(self.depthwise_constraint(self.kernel), dtype=self.variable_dtype)
+            self.kernel = self.depthwise_constraint(self._kernel)
         if self.built and self.use_bias and self.bias_constraint is not None:
-            self.bias = np.ascontiguousarray(self.bias_constraint(self.bias), dtype=self.variable_dtype)
+            self.bias = self.bias_constraint(self._bias)
 
     @property
     def losses(self) -> list[np.floating]:

@@ -62,8 +62,8 @@ def like_input(result: np.ndarray, original: Any) -> Any:
     return result
 
 
-def _check(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    if arr.dtype != np.dtype(dtype):
+def _check(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    if arr.dtype != dtype:
         raise TypeError(f"`{name}` must have dtype {dtype}. Received dtype {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"`{name}` must have shape {shape}. Received shape {arr.shape}")
@@ -93,9 +93,22 @@ class CompiledOp:
         self.schedule = schedule
         self.path = path
         self._fn = module[self.entry]
+        self._dtype = np.dtype(spec.dtype)
+        self._in_shape, self._kernel_shape = spec.input_shape, spec.kernel_shape
+        self._bias_shape, self._out_shape = spec.bias_shape, spec.output_shape
 
     def __repr__(self) -> str:
         return f"CompiledOp({self.spec.key}, target={self.target}, schedule={self.schedule})"
+
+    def run_checked(self, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """Runs on arguments the caller has already validated (C-contiguous NumPy arrays of the
+        spec's shapes and dtype); returns a new output array. The layer's hot path."""
+        out = np.empty(self._out_shape, self._dtype)
+        if bias is None:
+            self._fn(x, kernel, out)
+        else:
+            self._fn(x, kernel, bias, out)
+        return out
 
     def __call__(self, x: Any, kernel: Any, bias: Any = None, *, out: np.ndarray | None = None) -> Any:
         """Runs the kernel.
@@ -113,22 +126,22 @@ class CompiledOp:
             ValueError: On a shape mismatch or a missing/unexpected bias.
             TypeError: On a dtype mismatch or an unsupported tensor type.
         """
-        spec = self.spec
-        xs = _check(as_host_array(x, "x"), "x", spec.input_shape, spec.dtype)
-        ks = _check(as_host_array(kernel, "kernel"), "kernel", spec.kernel_shape, spec.dtype)
+        dtype = self._dtype
+        xs = _check(as_host_array(x, "x"), "x", self._in_shape, dtype)
+        ks = _check(as_host_array(kernel, "kernel"), "kernel", self._kernel_shape, dtype)
         args = [xs, ks]
-        if spec.bias:
+        if self.spec.bias:
             if bias is None:
                 raise ValueError("`bias` is required: this op was compiled with a bias.")
-            args.append(_check(as_host_array(bias, "bias"), "bias", spec.bias_shape, spec.dtype))
+            args.append(_check(as_host_array(bias, "bias"), "bias", self._bias_shape, dtype))
         elif bias is not None:
             raise ValueError("`bias` must be None: this op was compiled without a bias.")
         if out is None:
-            result = np.empty(spec.output_shape, dtype=spec.dtype)
+            result = np.empty(self._out_shape, self._dtype)
         else:
             if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:
                 raise TypeError("`out` must be a writeable C-contiguous NumPy array.")
-            result = _check(out, "out", spec.output_shape, spec.dtype)
+            result = _check(out, "out", self._out_shape, dtype)
             if any(np.may_share_memory(result, a) for a in args):
                 raise ValueError("`out` must not overlap the inputs.")
         self._fn(*args, result)

@@ -26,6 +26,17 @@ def host_cores() -> int:
     return max(1, min(physical or available or 1, available or 1))
 
 
+def configure_host_threads() -> None:
+    """Sizes TVM's CPU thread pool to the usable cores unless the user already chose.
+
+    TVM's default halves `hardware_concurrency()` on x86 to skip hyper-threads, which on a
+    2-core VM means a single worker: half the bandwidth, plus a slow launch of the parallel
+    loop. The pool reads `TVM_NUM_THREADS` (then `OMP_NUM_THREADS`) when first used.
+    """
+    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(host_cores())
+
+
 @functools.lru_cache(maxsize=1)
 def host_target_dict() -> dict:
     """The JSON dict of the `host` target: this machine's CPU model and usable cores."""

@@ -331,3 +331,39 @@ def test_target_kwarg_and_invalid_target():
     with pytest.raises(ValueError, match="target"):
         DepthwiseConv2D(3)(np.ones((1, 3, 3, 1), np.float32), target="not-a-target")
     assert layer.get_config()["target"] == "llvm"
+
+
+def test_hot_path_handles_layout_dtype_and_weight_changes(rng):
+    layer = DepthwiseConv2D(3, padding="same", activation="relu")
+    x = rng.standard_normal((2, 6, 5, 4)).astype(np.float32)
+
+    def expected(inp):
+        return np.maximum(depthwise(inp.astype(np.float32), layer.kernel, layer.bias, padding="same"), 0)
+
+    np.testing.assert_allclose(layer(x), expected(x), atol=1e-5)  # first call makes the plan
+    fortran = np.asfortranarray(x)
+    np.testing.assert_allclose(layer(fortran), expected(x), atol=1e-5)  # same shape/dtype, other strides
+    np.testing.assert_allclose(layer(x.astype(np.float64)), expected(x), atol=1e-5)
+    layer.kernel = np.ones_like(layer.kernel)
+    layer.kernel[0, 0] = 3.0  # in-place edits are seen too
+    np.testing.assert_allclose(layer(x), expected(x), atol=1e-5)
+
+
+def test_weight_setters_validate():
+    layer = DepthwiseConv2D(3, use_bias=False)
+    with pytest.raises(ValueError, match="not built"):
+        layer.kernel = np.zeros((3, 3, 2, 1))
+    layer.build((1, 5, 5, 2))
+    with pytest.raises(ValueError, match="not compatible"):
+        layer.kernel = np.zeros((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="no bias"):
+        layer.bias = np.zeros(2)
+    layer.kernel = np.ones((3, 3, 2, 1), np.float64)
+    assert layer.kernel.dtype == np.float32 and layer.kernel.flags.c_contiguous
+
+
+def test_autocast_false_requires_compute_dtype():
+    layer = DepthwiseConv2D(3, autocast=False)
+    assert layer(np.ones((1, 3, 3, 1), np.float32)).dtype == np.float32
+    with pytest.raises(ValueError, match="autocast=False"):
+        layer(np.ones((1, 3, 3, 1), np.float64))
