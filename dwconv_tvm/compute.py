@@ -67,25 +67,49 @@ def depthwise_tensors(spec: DepthwiseSpec) -> list:
     def channel(o):
         return (o, 0) if dm == 1 else (o // dm, o % dm)
 
+    conds_needed = need_top or need_bottom or need_left or need_right
+    if conds_needed:
+        # A padded view of the input as its own stage: schedules inline it (NHWC: the bounds
+        # check is uniform across a channel vector) or materialize only a small tile of it
+        # (NCHW), so no padded copy of the whole input ever exists.
+        pad_shape = (
+            (spec.batch, h + top + spec.padding[2], w + left + spec.padding[3], spec.channels)
+            if nhwc
+            else (spec.batch, spec.channels, h + top + spec.padding[2], w + left + spec.padding[3])
+        )
+
+        def padded(*idx):
+            if nhwc:
+                n, py, px, c = idx
+            else:
+                n, c, py, px = idx
+            iy, ix = py - top, px - left
+            conds = []
+            if need_top:
+                conds.append(iy >= 0)
+            if need_bottom:
+                conds.append(iy < h)
+            if need_left:
+                conds.append(ix >= 0)
+            if need_right:
+                conds.append(ix < w)
+            value = x[n, iy, ix, c] if nhwc else x[n, c, iy, ix]
+            return tirx.if_then_else(tirx.all(*conds), value, tirx.const(0.0, spec.dtype))
+
+        source = te.compute(pad_shape, padded, name="pad")
+        offset_y, offset_x = top, left
+    else:
+        source = x
+        offset_y, offset_x = 0, 0
+
     def read_input(n, c, iy, ix):
-        value = x[n, iy, ix, c] if nhwc else x[n, c, iy, ix]
-        conds = []
-        if need_top:
-            conds.append(iy >= 0)
-        if need_bottom:
-            conds.append(iy < h)
-        if need_left:
-            conds.append(ix >= 0)
-        if need_right:
-            conds.append(ix < w)
-        value = value.astype(acc) if spec.dtype != acc else value
-        if not conds:
-            return value
-        return tirx.if_then_else(tirx.all(*conds), value, tirx.const(0.0, acc))
+        py, px = iy + offset_y, ix + offset_x
+        value = source[n, py, px, c] if nhwc else source[n, c, py, px]
+        return value.astype(acc) if spec.dtype != acc else value
 
     def tap(n, y, xx, o):
         c, m = channel(o)
-        iy = y * sh - top + ry * dh
+        iy = y * sh - top + ry * dh  # in input coordinates; read_input shifts into `source`
         ix = xx * sw - left + rx * dw
         weight = k[ry, rx, c, m]
         weight = weight.astype(acc) if spec.dtype != acc else weight

@@ -1,20 +1,28 @@
-"""Default CPU schedule: vectorize over the contiguous axis, register-tile, parallel rows.
+"""CPU schedule template for depthwise convolution (x86 AVX2/AVX-512, Arm NEON).
 
-NHWC: the innermost loop runs over output channels, one SIMD vector wide; a few output
-columns form a register tile whose accumulators stay in vector registers while the kernel
-taps (unrolled) stream over them; the batch x output-row loop is parallel.
-NCHW: the innermost loop runs over output columns, one SIMD vector wide, for each
-(batch, channel) plane in parallel.
+A template on `tvm.s_tir.Schedule` whose choices are knobs (`sample_categorical`) carrying good
+default decisions, so the same function gives a deterministic untuned schedule and, under
+MetaSchedule, a search space.
 
-In both, the accumulator lives in registers (`local` scope) and bias + activation are applied
-in the epilogue before the single store to the output, and padding stays an inline predicate.
+NHWC (channels_last): the innermost loop covers output channels, one SIMD vector (or two) wide;
+`x_tile` output columns form a register tile whose accumulators stay in vector registers while
+the unrolled kernel taps stream over them, so each weight vector is loaded once per tile and
+each input vector is reused across the kernel row; batch x output rows run in parallel. The
+zero padding is inlined: its bounds check depends on the pixel, not the channel, so it is one
+uniform branch per vector. Channel counts that are not a multiple of the vector width get a
+masked tail (AVX-512) rather than scalar code.
+
+NCHW (channels_first): the innermost loop covers output columns, one vector wide, with a tile of
+output rows; each (batch, channel) plane runs in parallel. The bounds check here would vary per
+lane, so a small padded band of input rows is materialized in registers/L1 per row tile instead.
+
+Memory traffic (per call): input and output once each plus the weights, `spec.compulsory_bytes`;
+with fp32 3x3 that is 18 FLOP per >= 8 bytes, so the schedule's job is to stream, not to compute.
 """
 
 from __future__ import annotations
 
 from dwconv_tvm.spec import DepthwiseSpec
-
-_ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8}
 
 
 def simd_bits(target) -> int:
@@ -37,22 +45,30 @@ def vector_lanes(spec: DepthwiseSpec, target) -> int:
     return max(1, simd_bits(target) // (8 * acc_bytes))
 
 
-def largest_divisor(n: int, limit: int) -> int:
-    """The largest power of two <= `limit` that divides `n` (at least 1)."""
-    best = 1
-    p = 1
-    while p <= limit:
-        if n % p == 0:
-            best = p
-        p *= 2
-    return best
+def _knob(sch, candidates: list[int], default: int) -> int:
+    """A categorical knob: the decision is `default` unless a tuner changes it."""
+    candidates = sorted(set(candidates))
+    rv = sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates), decision=candidates.index(default))
+    return int(sch.get(rv))
+
+
+def _divisors(n: int, low: int, high: int) -> list[int]:
+    return [d for d in range(low, high + 1) if n % d == 0]
+
+
+def default_x_tile(out_width: int, kernel_width: int) -> int:
+    """Register-tile width: the largest divisor of the output width up to 8 (4 for wide kernels,
+    whose taps need more registers), else 8/4 with a predicated tail."""
+    limit = 8 if kernel_width <= 3 else 4
+    fits = _divisors(out_width, 3, limit)
+    return fits[-1] if fits else min(limit, out_width)
 
 
 def schedule(sch, spec: DepthwiseSpec, target) -> None:
-    """Applies the default CPU schedule to `sch` (a `tvm.s_tir.Schedule` of `spec`).
+    """Applies the CPU template to `sch` (a `tvm.s_tir.Schedule` of `spec`'s PrimFunc).
 
     Args:
-        sch: The schedule, created from `compute.depthwise_primfunc(spec)`.
+        sch: The schedule, from `compute.depthwise_primfunc(spec)`.
         spec: The workload.
         target: The CPU `tvm.target.Target`.
     """
@@ -63,46 +79,73 @@ def schedule(sch, spec: DepthwiseSpec, target) -> None:
         _schedule_nchw(sch, spec, lanes)
 
 
-def _accumulate_at(sch, loop, tile_loops: int) -> None:
-    """Moves the reduction under `loop` into registers, taps outermost, spatial tile inside."""
+def _has_block(sch, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:  # TVM raises its own error type for a missing block
+        return False
+    return True
+
+
+def _accumulate_at(sch, loop, tile_loops: int):
+    """Moves the reduction under `loop` into registers: taps outermost, the spatial tile inside
+    (unrolled, innermost vectorized), zero-initialized before the taps."""
     conv = sch.get_sblock("depthwise")
     sch.compute_at(conv, loop, preserve_unit_loops=True)
     sch.set_scope(conv, 0, "local")
     loops = sch.get_loops(conv)
     spatial, (ry, rx) = loops[-2 - tile_loops : -2], loops[-2:]
     sch.reorder(ry, rx, *spatial)
-    return conv, ry, rx, spatial
+    sch.unroll(ry)
+    sch.unroll(rx)
+    for loop_ in spatial[:-1]:
+        sch.unroll(loop_)
+    sch.vectorize(spatial[-1])
+    sch.decompose_reduction(conv, ry)
 
 
 def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
+    if _has_block(sch, "pad"):
+        sch.compute_inline(sch.get_sblock("pad"))
     out = sch.get_sblock("output")
     n, y, x, o = sch.get_loops(out)
-    vec = largest_divisor(spec.out_channels, lanes)
-    # Enough output columns to fill the vector registers with accumulators, no more.
-    x_tile = largest_divisor(spec.out_width, 8) if vec > 1 else 1
+    channels = spec.out_channels
+    if channels % lanes == 0 or channels > lanes:
+        vec = lanes  # a non-multiple leaves a masked tail vector
+    else:
+        vec = max(d for d in _divisors(channels, 1, lanes) if d & (d - 1) == 0)
+    blocks = _knob(sch, [1, 2] if channels % (2 * vec) == 0 else [1], 1)
+    x_candidates = _divisors(spec.out_width, 1, 12) + [4, 8]
+    x_tile = _knob(sch, [c for c in x_candidates if c <= spec.out_width] or [1],
+                   default_x_tile(spec.out_width, spec.kernel[1]))
     xo, xi = sch.split(x, [None, x_tile])
-    oo, oi = sch.split(o, [None, vec])
-    sch.reorder(n, y, xo, oo, xi, oi)
-    sch.parallel(sch.fuse(n, y))
-    conv, ry, rx, (cxi, coi) = _accumulate_at(sch, oo, 2)
-    sch.unroll(ry)
-    sch.unroll(rx)
-    sch.unroll(cxi)
-    sch.vectorize(coi)
-    sch.decompose_reduction(conv, ry)
+    oo, ob, oi = sch.split(o, [None, blocks, vec])
+    sch.reorder(n, y, xo, oo, xi, ob, oi)
+    depth = _knob(sch, [2, 3], 2)  # parallel over rows, or rows x column tiles
+    sch.parallel(sch.fuse(*[n, y, xo][:depth]))
+    _accumulate_at(sch, oo, 3)
     sch.unroll(xi)
+    sch.unroll(ob)
     sch.vectorize(oi)
 
 
 def _schedule_nchw(sch, spec: DepthwiseSpec, lanes: int) -> None:
     out = sch.get_sblock("output")
     n, o, y, x = sch.get_loops(out)
-    vec = largest_divisor(spec.out_width, lanes)
-    xo, xi = sch.split(x, [None, vec])
-    sch.parallel(sch.fuse(n, o, y))
-    conv, ry, rx, (cxi,) = _accumulate_at(sch, xo, 1)
-    sch.unroll(ry)
-    sch.unroll(rx)
-    sch.vectorize(cxi)
-    sch.decompose_reduction(conv, ry)
+    xv = _knob(sch, [lanes // 2, lanes] if lanes >= 2 else [1], lanes)
+    y_tile = _knob(sch, [1, 2, 4], 4 if spec.out_height >= 4 else 1)
+    yo, yi = sch.split(y, [None, y_tile])
+    xo, xi = sch.split(x, [None, xv])
+    sch.reorder(n, o, yo, xo, yi, xi)
+    sch.parallel(sch.fuse(n, o))
+    _accumulate_at(sch, xo, 2)
+    sch.unroll(yi)
     sch.vectorize(xi)
+    if _has_block(sch, "pad"):
+        pad = sch.get_sblock("pad")
+        # A band of padded input rows per row tile (full width), or a patch per register tile.
+        band = _knob(sch, [0, 1], 1)
+        sch.compute_at(pad, yo if band else xo, preserve_unit_loops=True)
+        sch.set_scope(pad, 0, "local")
+        _, inner = sch.split(sch.get_loops(pad)[-1], [None, xv])
+        sch.vectorize(inner)

@@ -1,0 +1,262 @@
+"""Benchmark: our layer vs PyTorch (oneDNN), ONNX Runtime (MLAS), NumPy, and the bandwidth limit.
+
+Everything is timed in one process, as users call it (the layer's `__call__` on a NumPy array,
+`torch.nn.functional.conv2d` on a channels_last tensor, an ONNX Runtime session's `run`), with
+repetitions interleaved across implementations and shapes so that machine noise hits all alike;
+medians are reported. The bandwidth limit is a TVM-compiled copy kernel moving the same number of
+bytes as the convolution's compulsory traffic (input + output + weights, each once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .layer import DepthwiseConv2D
+from .reference import depthwise_reference
+from .spec import DepthwiseSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One depthwise layer of a model: input H=W, channels, kernel, stride ("same" padding)."""
+
+    model: str
+    size: int
+    channels: int
+    kernel: int
+    stride: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.size}x{self.size}x{self.channels} k{self.kernel} s{self.stride}"
+
+
+MOBILENET_V2 = [
+    Shape("MobileNetV2", s, c, 3, st)
+    for s, c, st in [(112, 32, 1), (112, 96, 2), (56, 144, 1), (56, 144, 2), (28, 192, 1), (28, 192, 2),
+                     (14, 384, 1), (14, 576, 1), (14, 576, 2), (7, 960, 1)]
+]
+EFFICIENTNET_B0 = [Shape("EfficientNet-B0", 28, 240, 5, 1), Shape("EfficientNet-B0", 14, 672, 5, 1)]
+SHAPES = MOBILENET_V2 + EFFICIENTNET_B0
+
+
+def _time_per_call(fn: Callable[[], object], budget_s: float) -> float:
+    """Seconds per call, from as many calls as fit in `budget_s` (at least 3)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if calls >= 3 and elapsed >= budget_s:
+            return elapsed / calls
+
+
+def copy_kernel(n_elements: int, dtype: str = "float32"):
+    """A TVM copy of `n_elements` (parallel, vectorized): the bandwidth the machine reaches."""
+    import tvm
+    from tvm import s_tir, te
+
+    from .compute import relax_alignment
+    from .schedules.cpu import simd_bits
+    from .targets import resolve_target
+
+    target = resolve_target("host")
+    src = te.placeholder((n_elements,), dtype, name="A")
+    dst = te.compute((n_elements,), lambda i: src[i], name="B")
+    sch = s_tir.Schedule(tvm.IRModule({"main": relax_alignment(te.create_prim_func([src, dst]), 4)}))
+    (loop,) = sch.get_loops(sch.get_sblock("B"))
+    lanes = 4 * simd_bits(target) // (8 * np.dtype(dtype).itemsize)  # four vectors per iteration
+    outer, inner = sch.split(loop, [None, lanes])
+    sch.parallel(outer)
+    sch.vectorize(inner)
+    fn = tvm.compile(sch.mod, target=target).mod["main"]
+    a, b = np.ones(n_elements, dtype), np.empty(n_elements, dtype)
+    return lambda: fn(a, b)
+
+
+def _torch_peer(spec: DepthwiseSpec, x_nhwc: np.ndarray, kernel: np.ndarray, bias: np.ndarray):
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).contiguous(memory_format=torch.channels_last)
+    w = torch.from_numpy(np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(spec.out_channels, 1, *spec.kernel)))
+    b = torch.from_numpy(bias)
+    pad = spec.kernel[0] // 2  # same arithmetic work as TF-style "same"; output sizes agree here
+
+    def run():
+        with torch.inference_mode():
+            return F.conv2d(x, w, b, stride=spec.strides, padding=pad, groups=spec.channels)
+
+    return run
+
+
+def _onnxruntime_peer(spec: DepthwiseSpec, x_nhwc: np.ndarray, kernel: np.ndarray, bias: np.ndarray, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
+    w = np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(spec.out_channels, 1, *spec.kernel))
+    top, left, bottom, right = spec.padding
+    node = helper.make_node(
+        "Conv", ["x", "w", "b"], ["y"], group=spec.channels, kernel_shape=list(spec.kernel),
+        strides=list(spec.strides), pads=[top, left, bottom, right],
+    )
+    out_shape = [spec.batch, spec.out_channels, spec.out_height, spec.out_width]
+    graph = helper.make_graph(
+        [node], "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"x": x})
+
+
+def run(
+    batches: tuple[int, ...] = (1, 8),
+    shapes: list[Shape] | None = None,
+    threads: int = 2,
+    rounds: int = 7,
+    budget_s: float = 0.03,
+    settle_s: float = 0.05,
+    peers: tuple[str, ...] = ("torch", "onnxruntime", "numpy"),
+    target: str = "host",
+) -> list[dict]:
+    """Times every implementation on every shape; returns one row per (shape, batch).
+
+    Args:
+        batches: Batch sizes.
+        shapes: Layers to time (default: MobileNetV2 and two EfficientNet-B0 5x5 layers).
+        threads: Threads for every implementation.
+        rounds: Interleaved repetitions; the median is reported.
+        budget_s: Time spent per implementation per round.
+        settle_s: Pause before each measurement, so that the previous library's spinning worker
+            threads (ONNX Runtime's and OpenMP's busy-wait after a call) go idle first.
+        peers: Which peers to run (`torch`, `onnxruntime`, `numpy`).
+        target: Our layer's target.
+
+    Returns:
+        Rows with medians in microseconds per implementation, bytes and derived ratios.
+    """
+    import os
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    if "torch" in peers:
+        import torch
+
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batches:
+        for shape in shapes or SHAPES:
+            # One shape at a time: its implementations (and their thread pools) exist only
+            # while it is measured, and their repetitions are interleaved.
+            layer = DepthwiseConv2D(shape.kernel, shape.stride, padding="same", target=target)
+            x = rng.standard_normal((batch, shape.size, shape.size, shape.channels)).astype(np.float32)
+            layer.build(x.shape)
+            spec = layer.spec_for(x.shape)
+            layer.bias = rng.standard_normal(spec.bias_shape).astype(np.float32)
+            kernel, bias = layer.kernel, layer.bias
+            error = float(np.abs(layer(x) - depthwise_reference(spec, x, kernel, bias)).max())
+            impls = {"ours": lambda layer=layer, x=x: layer(x), "copy": copy_kernel(spec.compulsory_bytes // 8)}
+            if "torch" in peers:
+                impls["torch"] = _torch_peer(spec, x, kernel, bias)
+            if "onnxruntime" in peers:
+                impls["onnxruntime"] = _onnxruntime_peer(spec, x, kernel, bias, threads)
+            samples = {name: [] for name in impls}
+            for r in range(rounds):
+                names = list(impls)[:: -1 if r % 2 else 1]  # no implementation always runs first
+                for name in names:
+                    time.sleep(settle_s)
+                    samples[name].append(_time_per_call(impls[name], budget_s))
+            if "numpy" in peers:  # for scale only; slow, so timed once
+                samples["numpy"] = [_time_per_call(lambda: depthwise_reference(spec, x, kernel, bias), 0.0)]
+            del impls
+            rows.append(_row(shape, batch, spec, error, samples))
+    return rows
+
+
+def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: dict) -> dict:
+    us = {name: statistics.median(v) * 1e6 for name, v in samples.items()}
+    row = {"model": shape.model, "shape": shape.label, "batch": batch, "bytes": spec.compulsory_bytes,
+           "max_error": error, "us": us,
+           "gbps": spec.compulsory_bytes / us["ours"] / 1e3,
+           "copy_fraction": us["copy"] / us["ours"]}
+    for peer in ("torch", "onnxruntime"):
+        if peer in us:
+            row[f"vs_{peer}"] = us[peer] / us["ours"]
+    peer_times = [us[p] for p in ("torch", "onnxruntime") if p in us]
+    if peer_times:
+        row["vs_best_peer"] = min(peer_times) / us["ours"]
+    return row
+
+
+def geomean(values: list[float]) -> float:
+    """Geometric mean."""
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def markdown(rows: list[dict]) -> str:
+    """The results as a Markdown table plus per-batch geometric means."""
+    peers = [p for p in ("torch", "onnxruntime", "numpy") if p in rows[0]["us"]]
+    head = ["layer", "batch", "ours µs", "GB/s", "% of copy", "copy µs"] + [f"{p} µs" for p in peers]
+    head += [f"ours vs {p}" for p in peers if p != "numpy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        us = row["us"]
+        cells = [f"{row['model']} {row['shape']}", str(row["batch"]), f"{us['ours']:.1f}", f"{row['gbps']:.1f}",
+                 f"{100 * row['copy_fraction']:.0f}%", f"{us['copy']:.1f}"]
+        cells += [f"{us[p]:.1f}" for p in peers]
+        cells += [f"{row[f'vs_{p}']:.2f}x" for p in peers if p != "numpy"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for batch in sorted({r["batch"] for r in rows}):
+        mobilenet = [r for r in rows if r["batch"] == batch and r["model"] == "MobileNetV2"]
+        if not mobilenet or "vs_best_peer" not in mobilenet[0]:
+            continue
+        lines.append(
+            f"- batch {batch}, MobileNetV2: geomean speed-up vs the best peer per shape "
+            f"{geomean([r['vs_best_peer'] for r in mobilenet]):.2f}x (slowest shape "
+            f"{min(r['vs_best_peer'] for r in mobilenet):.2f}x); % of copy rate: min "
+            f"{100 * min(r['copy_fraction'] for r in mobilenet):.0f}%, geomean "
+            f"{100 * geomean([r['copy_fraction'] for r in mobilenet]):.0f}%"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Bar chart of achieved GB/s per layer and implementation, one panel per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in rows})
+    names = [n for n in ("ours", "torch", "onnxruntime", "copy") if n in rows[0]["us"]]
+    fig, axes = plt.subplots(len(batches), 1, figsize=(13, 4.2 * len(batches)), squeeze=False)
+    for ax, batch in zip(axes[:, 0], batches):
+        sel = [r for r in rows if r["batch"] == batch]
+        xs = np.arange(len(sel))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            rates = [r["bytes"] / r["us"][name] / 1e3 for r in sel]
+            label = "copy kernel (bandwidth limit)" if name == "copy" else name
+            ax.bar(xs + i * width, rates, width, label=label)
+        ax.set_xticks(xs + 0.4 - width / 2, [r["shape"] for r in sel], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("GB/s of compulsory traffic")
+        ax.set_title(f"Depthwise conv, fp32, batch {batch}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
