@@ -10,7 +10,7 @@ from .targets import configure_host_threads
 
 configure_host_threads()  # before TVM's thread pool first starts
 
-from .build import compile  # noqa: A004, E402
+from .build import compile, export  # noqa: A004, E402
 from .layer import DepthwiseConv2D  # noqa: E402
 from .runtime import CompiledOp  # noqa: E402
 from .spec import DepthwiseSpec  # noqa: E402
@@ -23,6 +23,7 @@ __all__ = [
     "DepthwiseConv2D",
     "DepthwiseSpec",
     "compile",
+    "export",
     "resolve_target",
     "target_key",
     "__version__",

@@ -103,25 +103,31 @@ def _load_cached(path: Path, spec: DepthwiseSpec, target_text: str) -> CompiledO
     if sidecar.get("sha256") != _file_digest(path):
         warnings.warn(f"Ignoring cache entry {path}: the library does not match its checksum.", stacklevel=3)
         return None
-    import tvm
-
-    try:
-        module = tvm.runtime.load_module(str(path))
-    except Exception as err:  # a truncated or foreign .so: rebuild rather than fail
-        warnings.warn(f"Ignoring unloadable cache entry {path}: {err}", stacklevel=3)
-        return None
-    return CompiledOp(module, spec, target_text, sidecar.get("schedule", "unknown"), path)
+    return CompiledOp(_load_library(path, target_text), spec, target_text, sidecar.get("schedule", "unknown"), path)
 
 
-def _build(spec: DepthwiseSpec, target, path: Path | None) -> CompiledOp:
+def build_executable(spec: DepthwiseSpec, target):
+    """Schedules and compiles `spec` for a resolved target; nothing is loaded or written.
+
+    GPU targets get a generic LLVM host target for their launcher unless the target names
+    one, so the library runs on any machine of that CPU architecture with that GPU.
+
+    Returns:
+        `(tvm Executable, schedule_name)`.
+    """
     import tvm
 
     mod, schedule_name = schedule_for(spec, target)
-    executable = tvm.compile(mod, target=target)
-    target_text = str(target)
-    if path is None:
-        return CompiledOp(executable.mod, spec, target_text, schedule_name)
-    cache.atomic_write(path, lambda tmp: executable.export_library(str(tmp)), suffix=".so")
+    if target.kind.name != "llvm" and target.host is None:
+        target = tvm.target.Target(target, host={"kind": "llvm"})
+    return tvm.compile(mod, target=target), schedule_name
+
+
+def write_library(executable, spec: DepthwiseSpec, target_text: str, schedule_name: str, path: Path) -> Path:
+    """Writes the shared library and its JSON sidecar atomically (library first, sidecar last,
+    so a sidecar always describes a complete library)."""
+    path = Path(path)
+    cache.atomic_write(path, lambda tmp: executable.export_library(str(tmp)), suffix=path.suffix or ".so")
     cache.atomic_write_json(
         path.with_suffix(".json"),
         {
@@ -133,8 +139,75 @@ def _build(spec: DepthwiseSpec, target, path: Path | None) -> CompiledOp:
             "entry": CompiledOp.entry,
         },
     )
-    module = tvm.runtime.load_module(str(path))
-    return CompiledOp(module, spec, target_text, schedule_name, path)
+    return path
+
+
+def export(spec: DepthwiseSpec, path: str | Path, target: TargetLike = "host") -> Path:
+    """Compiles `spec` for `target` and writes `path` (shared library) plus `path.json`.
+
+    Works for targets this machine cannot run, e.g. CUDA without a GPU (nvcc links the .so).
+
+    Args:
+        spec: The workload.
+        path: Where the shared library goes (a `.json` sidecar is written beside it).
+        target: Anything `resolve_target` accepts.
+
+    Returns:
+        The library path.
+
+    Raises:
+        TypeError: If `spec` is not a `DepthwiseSpec`.
+        ValueError: If the target is invalid or unsupported.
+    """
+    if not isinstance(spec, DepthwiseSpec):
+        raise TypeError(f"`spec` must be a DepthwiseSpec. Received: {type(spec).__name__}")
+    tgt = resolve_target(target)
+    executable, schedule_name = build_executable(spec, tgt)
+    return write_library(executable, spec, str(tgt), schedule_name, Path(path))
+
+
+def _load_library(path: Path, target_text: str):
+    import tvm
+
+    try:
+        return tvm.runtime.load_module(str(path))
+    except Exception as err:  # TVM reports a missing device runtime as a generic error
+        raise RuntimeError(
+            f"The kernel at {path} cannot run on this machine ({str(err).splitlines()[-1]}). "
+            f"Target: {target_text}. Build it for another machine with dwconv_tvm.export(spec, path, target)."
+        ) from None
+
+
+def cuda_binary(spec: DepthwiseSpec, target: TargetLike) -> bytes:
+    """Compiles the CUDA kernel of `spec` to a cubin with nvcc, for the target's arch.
+
+    TVM 0.27 libraries carry CUDA kernels as source that the CUDA runtime compiles when the
+    library is loaded on the GPU machine; this ahead-of-time nvcc build checks, without a GPU,
+    that the generated source is valid for the architecture (and lets ptxas report resources).
+
+    Returns:
+        The cubin (an ELF for the CUDA machine type).
+
+    Raises:
+        ValueError: If the target is not a CUDA target.
+    """
+    from tvm.support import nvcc
+
+    tgt = resolve_target(target)
+    if tgt.kind.name != "cuda":
+        raise ValueError(f"cuda_binary needs a CUDA target. Received: {tgt}")
+    executable, _ = build_executable(spec, tgt)
+    with tgt:
+        return bytes(nvcc.compile_cuda(executable.mod.imports[0].inspect_source(), "cubin", compiler="nvcc"))
+
+
+def _build(spec: DepthwiseSpec, target, path: Path | None) -> CompiledOp:
+    executable, schedule_name = build_executable(spec, target)
+    target_text = str(target)
+    if path is None:
+        return CompiledOp(executable.mod, spec, target_text, schedule_name)
+    write_library(executable, spec, target_text, schedule_name, path)
+    return CompiledOp(_load_library(path, target_text), spec, target_text, schedule_name, path)
 
 
 def compile(spec: DepthwiseSpec, target: TargetLike = "host", *, use_cache: bool = True) -> CompiledOp:  # noqa: A001

@@ -8,6 +8,7 @@ through `numpy.from_dlpack` (no copy); outputs come back in the caller's framewo
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,15 @@ class CompiledOp:
         self.target = target
         self.schedule = schedule
         self.path = path
-        self._fn = module[self.entry]
+        kind = json.loads(target).get("kind", "llvm") if target.lstrip().startswith("{") else target.split()[0]
+        self.on_gpu = kind != "llvm"
+        try:
+            self._fn = module[self.entry]
+        except Exception as err:  # e.g. a CUDA kernel on a machine without the CUDA runtime
+            raise RuntimeError(
+                f"The {kind} kernel cannot run on this machine ({str(err).splitlines()[-1]}). "
+                "Build it for a machine that can with dwconv_tvm.export(spec, path, target)."
+            ) from None
         self._dtype = np.dtype(spec.dtype)
         self._in_shape, self._kernel_shape = spec.input_shape, spec.kernel_shape
         self._bias_shape, self._out_shape = spec.bias_shape, spec.output_shape
@@ -126,6 +135,8 @@ class CompiledOp:
             ValueError: On a shape mismatch or a missing/unexpected bias.
             TypeError: On a dtype mismatch or an unsupported tensor type.
         """
+        if self.on_gpu:
+            return self._call_on_device(x, kernel, bias)
         dtype = self._dtype
         xs = _check(as_host_array(x, "x"), "x", self._in_shape, dtype)
         ks = _check(as_host_array(kernel, "kernel"), "kernel", self._kernel_shape, dtype)
@@ -146,3 +157,29 @@ class CompiledOp:
                 raise ValueError("`out` must not overlap the inputs.")
         self._fn(*args, result)
         return like_input(result, x)
+
+    def _call_on_device(self, x: Any, kernel: Any, bias: Any) -> Any:
+        """GPU path: device tensors (torch.cuda, ...) pass through DLPack; host arrays are copied
+        to the device and the result copied back. TVM checks device, shape and dtype."""
+        import tvm
+
+        device = tvm.cuda(0)
+
+        def on_device(value: Any, name: str, shape: tuple[int, ...]) -> Any:
+            if value is None:
+                return None
+            device_type = value.__dlpack_device__()[0] if hasattr(value, "__dlpack_device__") else 1
+            if device_type != 1:  # already on an accelerator
+                return value
+            return tvm.runtime.tensor(_check(as_host_array(value, name), name, shape, self._dtype), device)
+
+        if self.spec.bias and bias is None:
+            raise ValueError("`bias` is required: this op was compiled with a bias.")
+        if not self.spec.bias and bias is not None:
+            raise ValueError("`bias` must be None: this op was compiled without a bias.")
+        args = [on_device(x, "x", self._in_shape), on_device(kernel, "kernel", self._kernel_shape)]
+        if self.spec.bias:
+            args.append(on_device(bias, "bias", self._bias_shape))
+        result = tvm.runtime.empty(self._out_shape, self.spec.dtype, device)
+        self._fn(*args, result)
+        return result.numpy() if isinstance(x, np.ndarray) else like_input(result, x)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import cpu
+from . import cpu, cuda
 
-RULES: dict[str, ModuleType] = {"llvm": cpu}
+RULES: dict[str, ModuleType] = {"llvm": cpu, "cuda": cuda}
 
 
 def for_target(target) -> ModuleType | None:

@@ -56,12 +56,11 @@ def _divisors(n: int, low: int, high: int) -> list[int]:
     return [d for d in range(low, high + 1) if n % d == 0]
 
 
-def default_x_tile(out_width: int, kernel_width: int) -> int:
-    """Register-tile width: the largest divisor of the output width up to 8 (4 for wide kernels,
-    whose taps need more registers), else 8/4 with a predicated tail."""
-    limit = 8 if kernel_width <= 3 else 4
-    fits = _divisors(out_width, 3, limit)
-    return fits[-1] if fits else min(limit, out_width)
+def default_x_tile(out_width: int) -> int:
+    """Register-tile width: the largest divisor of the output width up to 7 (measured best or
+    tied on znver4 for 3x3 and 5x5), else 4 columns with a predicated tail."""
+    fits = _divisors(out_width, 3, 7)
+    return fits[-1] if fits else min(4, out_width)
 
 
 def schedule(sch, spec: DepthwiseSpec, target) -> None:
@@ -117,7 +116,7 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     blocks = _knob(sch, [1, 2] if channels % (2 * vec) == 0 else [1], 1)
     x_candidates = _divisors(spec.out_width, 1, 12) + [4, 8]
     x_tile = _knob(sch, [c for c in x_candidates if c <= spec.out_width] or [1],
-                   default_x_tile(spec.out_width, spec.kernel[1]))
+                   default_x_tile(spec.out_width))
     xo, xi = sch.split(x, [None, x_tile])
     oo, ob, oi = sch.split(o, [None, blocks, vec])
     sch.reorder(n, y, xo, oo, xi, ob, oi)

@@ -1,0 +1,121 @@
+"""Schedules tested structurally (CPU and CUDA, no GPU needed), CUDA export and nvcc builds."""
+
+import json
+import re
+import shutil
+import struct
+
+import pytest
+
+import dwconv_tvm
+from dwconv_tvm import DepthwiseSpec, build
+from dwconv_tvm.schedules import cpu as cpu_schedule
+
+HOST = dwconv_tvm.resolve_target("host")
+AVX512 = dwconv_tvm.resolve_target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 4})
+AVX2 = dwconv_tvm.resolve_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 4})
+NEON = dwconv_tvm.resolve_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "num-cores": 4})
+CUDA_TARGETS = [dwconv_tvm.resolve_target({"kind": "cuda", "arch": a}) for a in ("sm_80", "sm_90")]
+
+
+def _script(spec, target):
+    mod, name = build.schedule_for(spec, target)
+    return mod.script(), name
+
+
+@pytest.mark.parametrize("target,lanes", [(AVX512, 16), (AVX2, 8), (NEON, 4)], ids=["avx512", "avx2", "neon"])
+def test_simd_width_from_target(target, lanes):
+    assert cpu_schedule.vector_lanes(DepthwiseSpec("NHWC", 1, 8, 8, 32), target) == lanes
+    assert cpu_schedule.vector_lanes(DepthwiseSpec("NHWC", 1, 8, 8, 32, dtype="float64"), target) == lanes // 2
+
+
+def test_nhwc_cpu_structure():
+    spec = DepthwiseSpec.from_keras((1, 56, 56, 144), 3, 1, "same", activation="relu6")
+    script, name = _script(spec, AVX512)
+    assert name == "default:llvm"
+    assert "T.parallel(56)" in script  # batch x output rows
+    assert "T.vectorized(16)" in script  # one AVX-512 vector of channels
+    assert script.count("T.unroll(3)") >= 2  # kernel taps unrolled
+    assert 'scope="local"' in script  # accumulators in registers
+    assert 'T.sblock("pad")' not in script  # padding inlined, no padded copy
+
+
+def test_nhwc_register_tile_follows_output_width():
+    for width, tile in [(112, 7), (56, 7), (28, 7), (14, 7), (7, 7), (12, 6), (10, 5), (13, 4)]:
+        assert cpu_schedule.default_x_tile(width) == tile
+
+
+def test_nchw_cpu_structure():
+    spec = DepthwiseSpec.from_keras((1, 32, 28, 28), 3, 1, "same", data_format="channels_first")
+    script, _ = _script(spec, AVX512)
+    assert "T.parallel(32)" in script and "T.vectorized(16)" in script
+    assert 'pad_local' in script  # only a padded band of rows is materialized, in registers/L1
+
+
+def test_knobs_are_recorded_in_the_trace():
+    import tvm
+    from tvm import s_tir
+
+    spec = DepthwiseSpec.from_keras((1, 28, 28, 192), 3, 1, "same")
+    sch = s_tir.Schedule(tvm.IRModule({"main": dwconv_tvm.compute.depthwise_primfunc(spec)}))
+    cpu_schedule.schedule(sch, spec, AVX512)
+    kinds = [inst.kind.name for inst in sch.trace.insts]
+    assert kinds.count("SampleCategorical") >= 3
+
+
+CUDA_SPECS = [
+    DepthwiseSpec.from_keras((1, 112, 112, 32), 3, 1, "same", activation="relu6"),
+    DepthwiseSpec.from_keras((2, 56, 56, 144), 3, 2, "same", dtype="float16"),
+    DepthwiseSpec.from_keras((1, 14, 14, 672), 5, 1, "same", depth_multiplier=2),
+    DepthwiseSpec.from_keras((1, 9, 7, 6), (3, 2), (2, 1), "valid", use_bias=False),
+    DepthwiseSpec.from_keras((1, 32, 28, 28), 3, 1, "same", data_format="channels_first"),
+    DepthwiseSpec.from_keras((1, 33, 13, 11), 5, 1, "same", data_format="channels_first", dtype="float16"),
+]
+
+
+@pytest.mark.parametrize("spec", CUDA_SPECS, ids=lambda s: s.key)
+def test_cuda_source_generation(spec):
+    executable, name = build.build_executable(spec, CUDA_TARGETS[1])
+    assert name == "default:cuda"
+    source = executable.mod.imports[0].inspect_source()
+    assert '__global__' in source and "threadIdx.x" in source and "blockIdx.x" in source
+    assert "__shared__" in source  # input tile + halo staged in shared memory
+    assert "__syncthreads()" in source
+    assert "K_local" in source  # weights in registers
+    bounds = [int(b) for b in re.findall(r"__launch_bounds__\((\d+)\)", source)]
+    assert bounds and max(bounds) <= 1024
+    if spec.dtype == "float16" and spec.layout == "NHWC":
+        assert "half2" in source  # two channels per thread
+
+
+def test_cuda_nhwc_threads_run_over_channels():
+    mod, _ = build.schedule_for(CUDA_SPECS[0], CUDA_TARGETS[0])
+    script = mod.script()
+    assert 'thread_binding(32, thread="threadIdx.x")' in script  # 32 channels -> a full warp
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS, ids=["sm_80", "sm_90"])
+def test_cuda_export_library_without_gpu(tmp_path, target):
+    path = dwconv_tvm.export(CUDA_SPECS[1], tmp_path / "dw_cuda.so", target)
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF"
+    # TVM 0.27 ships CUDA kernels as source, compiled by the CUDA runtime when loaded on a GPU.
+    assert b"__global__" in data and b"main_kernel" in data
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["target"] == str(target) and sidecar["spec"] == CUDA_SPECS[1].to_dict()
+    assert sidecar["schedule"] == "default:cuda"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is needed to compile CUDA ahead of time")
+@pytest.mark.parametrize("target", CUDA_TARGETS, ids=["sm_80", "sm_90"])
+@pytest.mark.parametrize("spec", [CUDA_SPECS[1], CUDA_SPECS[2], CUDA_SPECS[5]], ids=["nhwc-fp16", "nhwc-dm2-k5", "nchw-fp16"])
+def test_generated_cuda_compiles_with_nvcc(target, spec):
+    cubin = build.cuda_binary(spec, target)
+    assert cubin[:4] == b"\x7fELF"
+    assert struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
+
+
+def test_compile_cuda_without_gpu_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DWCONV_TVM_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="cannot run on this machine"):
+        dwconv_tvm.compile(CUDA_SPECS[3], {"kind": "cuda", "arch": "sm_80"})
