@@ -5,6 +5,7 @@ VENV := .venv
 HASH := $(shell sha1sum pyproject.toml | cut -c1-12)
 BASE_STAMP := $(VENV)/.installed-base-$(HASH)
 TEST_STAMP := $(VENV)/.installed-test-$(HASH)
+BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 
 .PHONY: demo test bench
 
@@ -13,6 +14,13 @@ demo: $(BASE_STAMP)
 
 test: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+bench: $(BENCH_STAMP)
+	$(VENV)/bin/dwconv-tvm bench
+
+$(BENCH_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q -e ".[bench]"
+	touch $@
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -4,7 +4,8 @@ Everything is timed in one process, as users call it (the layer's `__call__` on 
 `torch.nn.functional.conv2d` on a channels_last tensor, an ONNX Runtime session's `run`), with
 repetitions interleaved across implementations and shapes so that machine noise hits all alike;
 medians are reported. The bandwidth limit is a TVM-compiled copy kernel moving the same number of
-bytes as the convolution's compulsory traffic (input + output + weights, each once).
+bytes as the convolution's compulsory traffic (input + output + weights, each once); the
+compute limit is the multiply-add count at the vector-FMA rate a TVM kernel reaches here.
 """
 
 from __future__ import annotations
@@ -79,6 +80,50 @@ def copy_kernel(n_elements: int, dtype: str = "float32"):
     fn = tvm.compile(sch.mod, target=target).mod["main"]
     a, b = np.ones(n_elements, dtype), np.empty(n_elements, dtype)
     return lambda: fn(a, b)
+
+
+def fma_rate(threads_hint: int = 2) -> float:
+    """Vector FMAs per second this machine sustains with all TVM threads (fp32, full SIMD width):
+    a TVM kernel of independent register accumulators, the compute roof of the roofline."""
+    import timeit
+
+    import tvm
+    from tvm import s_tir, te
+
+    from .compute import relax_alignment
+    from .schedules.cpu import simd_bits
+    from .targets import resolve_target
+
+    target = resolve_target("host")
+    lanes = simd_bits(target) // 32
+    rows, steps, accumulators = 64 * threads_hint, 4096, 8
+    a = te.placeholder((rows * accumulators, lanes), "float32", name="A")
+    b = te.placeholder((steps, lanes), "float32", name="B")
+    k = te.reduce_axis((0, steps), "k")
+    c = te.compute((rows * accumulators, lanes), lambda j, v: te.sum(a[j, v] * b[k, v], axis=k), name="C")
+    sch = s_tir.Schedule(tvm.IRModule({"main": relax_alignment(te.create_prim_func([a, b, c]), 4)}))
+    block = sch.get_sblock("C")
+    j, v, kk = sch.get_loops(block)
+    jo, ji = sch.split(j, [None, accumulators])
+    sch.reorder(jo, kk, ji, v)
+    sch.parallel(jo)
+    local = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(local, jo)
+    sch.unroll(ji)
+    sch.vectorize(v)
+    sch.decompose_reduction(block, kk)
+    sch.vectorize(sch.get_loops(local)[-1])
+    fn = tvm.compile(sch.mod, target=target).mod["main"]
+    args = [np.ones((rows * accumulators, lanes), np.float32), np.full((steps, lanes), 1e-4, np.float32),
+            np.empty((rows * accumulators, lanes), np.float32)]
+    seconds = min(timeit.repeat(lambda: fn(*args), number=10, repeat=7)) / 10
+    return rows * accumulators * steps / seconds
+
+
+def fma_floor_us(spec: DepthwiseSpec, rate: float, lanes: int) -> float:
+    """Least time the multiply-adds alone take at `rate` vector FMAs per second."""
+    outputs = math.prod(spec.output_shape)
+    return outputs * spec.kernel[0] * spec.kernel[1] / lanes / rate * 1e6
 
 
 def _torch_peer(spec: DepthwiseSpec, x_nhwc: np.ndarray, kernel: np.ndarray, bias: np.ndarray):
@@ -156,6 +201,11 @@ def run(
         import torch
 
         torch.set_num_threads(threads)
+    from .schedules.cpu import simd_bits
+    from .targets import resolve_target
+
+    rate = fma_rate(threads)
+    lanes = simd_bits(resolve_target("host")) // 32
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
@@ -183,16 +233,18 @@ def run(
             if "numpy" in peers:  # for scale only; slow, so timed once
                 samples["numpy"] = [_time_per_call(lambda: depthwise_reference(spec, x, kernel, bias), 0.0)]
             del impls
-            rows.append(_row(shape, batch, spec, error, samples))
+            rows.append(_row(shape, batch, spec, error, samples, fma_floor_us(spec, rate, lanes)))
     return rows
 
 
-def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: dict) -> dict:
+def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: dict, fma_us: float) -> dict:
     us = {name: statistics.median(v) * 1e6 for name, v in samples.items()}
     row = {"model": shape.model, "shape": shape.label, "batch": batch, "bytes": spec.compulsory_bytes,
-           "max_error": error, "us": us,
+           "max_error": error, "us": us, "fma_floor_us": fma_us,
            "gbps": spec.compulsory_bytes / us["ours"] / 1e3,
-           "copy_fraction": us["copy"] / us["ours"]}
+           "copy_fraction": us["copy"] / us["ours"],
+           # The roofline: neither moving the bytes nor doing the multiply-adds can go faster.
+           "roof_fraction": max(us["copy"], fma_us) / us["ours"]}
     for peer in ("torch", "onnxruntime"):
         if peer in us:
             row[f"vs_{peer}"] = us[peer] / us["ours"]
@@ -200,6 +252,25 @@ def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: d
     if peer_times:
         row["vs_best_peer"] = min(peer_times) / us["ours"]
     return row
+
+
+def layer_overhead_us(repeats: int = 7, number: int = 20000) -> dict:
+    """The layer's own per-call cost on a tiny shape: `layer(x)` minus the bare kernel call.
+
+    Returns:
+        `{"layer_us", "kernel_us", "overhead_us"}`, best of `repeats`.
+    """
+    import timeit
+
+    layer = DepthwiseConv2D(3, padding="same")
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 8)).astype(np.float32)
+    layer(x)
+    op = layer._op(x.shape, None)
+    out = np.empty(op.spec.output_shape, np.float32)
+    kernel, bias, fn = layer.kernel, layer.bias, op._fn
+    layer_us = min(timeit.repeat(lambda: layer(x), number=number, repeat=repeats)) / number * 1e6
+    kernel_us = min(timeit.repeat(lambda: fn(x, kernel, bias, out), number=number, repeat=repeats)) / number * 1e6
+    return {"layer_us": layer_us, "kernel_us": kernel_us, "overhead_us": layer_us - kernel_us}
 
 
 def geomean(values: list[float]) -> float:
@@ -210,13 +281,15 @@ def geomean(values: list[float]) -> float:
 def markdown(rows: list[dict]) -> str:
     """The results as a Markdown table plus per-batch geometric means."""
     peers = [p for p in ("torch", "onnxruntime", "numpy") if p in rows[0]["us"]]
-    head = ["layer", "batch", "ours µs", "GB/s", "% of copy", "copy µs"] + [f"{p} µs" for p in peers]
+    head = ["layer", "batch", "ours µs", "GB/s", "% of copy", "copy µs", "FMA floor µs", "% of roof"]
+    head += [f"{p} µs" for p in peers]
     head += [f"ours vs {p}" for p in peers if p != "numpy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         us = row["us"]
         cells = [f"{row['model']} {row['shape']}", str(row["batch"]), f"{us['ours']:.1f}", f"{row['gbps']:.1f}",
-                 f"{100 * row['copy_fraction']:.0f}%", f"{us['copy']:.1f}"]
+                 f"{100 * row['copy_fraction']:.0f}%", f"{us['copy']:.1f}", f"{row['fma_floor_us']:.1f}",
+                 f"{100 * row['roof_fraction']:.0f}%"]
         cells += [f"{us[p]:.1f}" for p in peers]
         cells += [f"{row[f'vs_{p}']:.2f}x" for p in peers if p != "numpy"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -230,7 +303,9 @@ def markdown(rows: list[dict]) -> str:
             f"{geomean([r['vs_best_peer'] for r in mobilenet]):.2f}x (slowest shape "
             f"{min(r['vs_best_peer'] for r in mobilenet):.2f}x); % of copy rate: min "
             f"{100 * min(r['copy_fraction'] for r in mobilenet):.0f}%, geomean "
-            f"{100 * geomean([r['copy_fraction'] for r in mobilenet]):.0f}%"
+            f"{100 * geomean([r['copy_fraction'] for r in mobilenet]):.0f}%; % of roof (max of copy "
+            f"time and FMA floor): min {100 * min(r['roof_fraction'] for r in mobilenet):.0f}%, geomean "
+            f"{100 * geomean([r['roof_fraction'] for r in mobilenet]):.0f}%"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-"""`dwconv-tvm` command line: demo, info, targets."""
+"""`dwconv-tvm` command line: demo, bench, info, targets."""
 
 from __future__ import annotations
 
@@ -10,6 +10,41 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
     return 0 if run(target=args.target) else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    import platform
+    from pathlib import Path
+
+    import tvm
+
+    from . import bench
+    from .targets import resolve_target, target_key
+
+    peers = tuple(p for p in args.peers.split(",") if p)
+    batches = tuple(int(b) for b in args.batches.split(","))
+    rows = bench.run(batches=batches, threads=args.threads, rounds=args.rounds, peers=peers, target=args.target)
+    overhead = bench.layer_overhead_us()
+    table = bench.markdown(rows)
+    tgt = resolve_target(args.target)
+    header = (
+        f"Target `{tgt}` on {platform.processor() or platform.machine()}, {args.threads} threads, fp32, "
+        f"medians of {args.rounds} interleaved rounds; TVM {tvm.__version__}.\n\n"
+    )
+    footer = (
+        f"\nLayer per-call overhead on a (1, 4, 4, 8) input: {overhead['overhead_us']:.2f} us "
+        f"(layer call {overhead['layer_us']:.2f} us, bare kernel call {overhead['kernel_us']:.2f} us).\n"
+    )
+    print(header + table + footer)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"cpu-{target_key(tgt)}"
+    stem.with_suffix(".md").write_text(header + table + footer)
+    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "overhead": overhead}, indent=1))
+    bench.plot(rows, stem.with_suffix(".png"))
+    print(f"wrote {stem}.md, .json and .png")
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -44,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="compile for this machine, run the built-in examples, check them")
     demo.add_argument("--target", default="host")
     demo.set_defaults(func=_demo)
+    bench_cmd = sub.add_parser("bench", help="time the layer vs PyTorch, ONNX Runtime and the bandwidth limit")
+    bench_cmd.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    bench_cmd.add_argument("--threads", type=int, default=2)
+    bench_cmd.add_argument("--rounds", type=int, default=7)
+    bench_cmd.add_argument("--peers", default="torch,onnxruntime,numpy")
+    bench_cmd.add_argument("--target", default="host")
+    bench_cmd.add_argument("--out", default="benchmarks/results")
+    bench_cmd.set_defaults(func=_bench)
     info = sub.add_parser("info", help="versions, target, cache folder")
     info.add_argument("--target", default="host")
     info.set_defaults(func=_info)

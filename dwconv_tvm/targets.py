@@ -32,13 +32,13 @@ def configure_host_threads() -> None:
 
     - `TVM_NUM_THREADS` = usable cores: TVM's default halves `hardware_concurrency()` on x86 to
       skip hyper-threads, which on a 2-core VM means one worker and a slow parallel launch.
-    - `TVM_THREAD_POOL_SPIN_COUNT` = 1000: with TVM's default, idle workers keep spinning and
+    - `TVM_THREAD_POOL_SPIN_COUNT` = 10000: with TVM's default, idle workers keep spinning and
       yielding long after a call, which stalled the next PyTorch (OpenMP) call by ~16 ms per call
       here and even slowed back-to-back calls of our own kernels (8.9 -> 7.1 us on 7x7x960).
     """
     if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
         os.environ["TVM_NUM_THREADS"] = str(host_cores())
-    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "1000")
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
 
 
 @functools.lru_cache(maxsize=1)
