@@ -106,6 +106,13 @@ def _load_cached(path: Path, spec: DepthwiseSpec, target_text: str) -> CompiledO
     return CompiledOp(_load_library(path, target_text), spec, target_text, sidecar.get("schedule", "unknown"), path)
 
 
+def _checked_target(spec: DepthwiseSpec, target: TargetLike):
+    """Validates the public entry points' arguments; returns the resolved target."""
+    if not isinstance(spec, DepthwiseSpec):
+        raise TypeError(f"`spec` must be a DepthwiseSpec. Received: {type(spec).__name__}")
+    return resolve_target(target)
+
+
 def build_executable(spec: DepthwiseSpec, target):
     """Schedules and compiles `spec` for a resolved target; nothing is loaded or written.
 
@@ -159,9 +166,7 @@ def export(spec: DepthwiseSpec, path: str | Path, target: TargetLike = "host") -
         TypeError: If `spec` is not a `DepthwiseSpec`.
         ValueError: If the target is invalid or unsupported.
     """
-    if not isinstance(spec, DepthwiseSpec):
-        raise TypeError(f"`spec` must be a DepthwiseSpec. Received: {type(spec).__name__}")
-    tgt = resolve_target(target)
+    tgt = _checked_target(spec, target)
     executable, schedule_name = build_executable(spec, tgt)
     return write_library(executable, spec, str(tgt), schedule_name, Path(path))
 
@@ -225,9 +230,7 @@ def compile(spec: DepthwiseSpec, target: TargetLike = "host", *, use_cache: bool
         TypeError: If `spec` is not a `DepthwiseSpec`.
         ValueError: If the target is invalid or unsupported.
     """
-    if not isinstance(spec, DepthwiseSpec):
-        raise TypeError(f"`spec` must be a DepthwiseSpec. Received: {type(spec).__name__}")
-    tgt = resolve_target(target)
+    tgt = _checked_target(spec, target)
     target_text = str(tgt)
     key = (spec, target_text)
     op = _memory.get(key)

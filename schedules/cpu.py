@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dwconv_tvm.spec import DepthwiseSpec
 
+from .common import accumulate_in_registers, has_block, knob
+
 
 def simd_bits(target) -> int:
     """Vector register width of a CPU target, in bits (128 without a known SIMD extension)."""
@@ -43,13 +45,6 @@ def vector_lanes(spec: DepthwiseSpec, target) -> int:
     """Elements per SIMD vector of the accumulator type (float16 computes in float32)."""
     acc_bytes = 8 if spec.dtype == "float64" else 4
     return max(1, simd_bits(target) // (8 * acc_bytes))
-
-
-def _knob(sch, candidates: list[int], default: int) -> int:
-    """A categorical knob: the decision is `default` unless a tuner changes it."""
-    candidates = sorted(set(candidates))
-    rv = sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates), decision=candidates.index(default))
-    return int(sch.get(rv))
 
 
 def _divisors(n: int, low: int, high: int) -> list[int]:
@@ -78,33 +73,8 @@ def schedule(sch, spec: DepthwiseSpec, target) -> None:
         _schedule_nchw(sch, spec, lanes)
 
 
-def _has_block(sch, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except Exception:  # TVM raises its own error type for a missing block
-        return False
-    return True
-
-
-def _accumulate_at(sch, loop, tile_loops: int):
-    """Moves the reduction under `loop` into registers: taps outermost, the spatial tile inside
-    (unrolled, innermost vectorized), zero-initialized before the taps."""
-    conv = sch.get_sblock("depthwise")
-    sch.compute_at(conv, loop, preserve_unit_loops=True)
-    sch.set_scope(conv, 0, "local")
-    loops = sch.get_loops(conv)
-    spatial, (ry, rx) = loops[-2 - tile_loops : -2], loops[-2:]
-    sch.reorder(ry, rx, *spatial)
-    sch.unroll(ry)
-    sch.unroll(rx)
-    for loop_ in spatial[:-1]:
-        sch.unroll(loop_)
-    sch.vectorize(spatial[-1])
-    sch.decompose_reduction(conv, ry)
-
-
 def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
-    if _has_block(sch, "pad"):
+    if has_block(sch, "pad"):
         sch.compute_inline(sch.get_sblock("pad"))
     out = sch.get_sblock("output")
     n, y, x, o = sch.get_loops(out)
@@ -112,16 +82,16 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     # Exact vectors only: TVM turns a predicated (masked) tail into slow code (36 channels:
     # 111 us with a 16-wide masked tail vs 26 us with 4-wide vectors on 56x56).
     vec = max(d for d in _divisors(channels, 1, lanes) if d & (d - 1) == 0)
-    blocks = _knob(sch, [1, 2] if channels % (2 * vec) == 0 else [1], 1)
+    blocks = knob(sch, [1, 2] if channels % (2 * vec) == 0 else [1], 1)
     x_candidates = _divisors(spec.out_width, 1, 12) + [4, 8]
-    x_tile = _knob(sch, [c for c in x_candidates if c <= spec.out_width] or [1],
+    x_tile = knob(sch, [c for c in x_candidates if c <= spec.out_width] or [1],
                    default_x_tile(spec.out_width))
     xo, xi = sch.split(x, [None, x_tile])
     oo, ob, oi = sch.split(o, [None, blocks, vec])
     sch.reorder(n, y, xo, oo, xi, ob, oi)
-    depth = _knob(sch, [2, 3], 2)  # parallel over rows, or rows x column tiles
+    depth = knob(sch, [2, 3], 2)  # parallel over rows, or rows x column tiles
     sch.parallel(sch.fuse(*[n, y, xo][:depth]))
-    _accumulate_at(sch, oo, 3)
+    accumulate_in_registers(sch, oo, 3, vectorize_innermost=True)
     sch.unroll(xi)
     sch.unroll(ob)
     sch.vectorize(oi)
@@ -130,19 +100,19 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
 def _schedule_nchw(sch, spec: DepthwiseSpec, lanes: int) -> None:
     out = sch.get_sblock("output")
     n, o, y, x = sch.get_loops(out)
-    xv = _knob(sch, [lanes // 2, lanes] if lanes >= 2 else [1], lanes)
-    y_tile = _knob(sch, [1, 2, 4], 4 if spec.out_height >= 4 else 1)
+    xv = knob(sch, [lanes // 2, lanes] if lanes >= 2 else [1], lanes)
+    y_tile = knob(sch, [1, 2, 4], 4 if spec.out_height >= 4 else 1)
     yo, yi = sch.split(y, [None, y_tile])
     xo, xi = sch.split(x, [None, xv])
     sch.reorder(n, o, yo, xo, yi, xi)
     sch.parallel(sch.fuse(n, o))
-    _accumulate_at(sch, xo, 2)
+    accumulate_in_registers(sch, xo, 2, vectorize_innermost=True)
     sch.unroll(yi)
     sch.vectorize(xi)
-    if _has_block(sch, "pad"):
+    if has_block(sch, "pad"):
         pad = sch.get_sblock("pad")
         # A band of padded input rows per row tile (full width), or a patch per register tile.
-        band = _knob(sch, [0, 1], 1)
+        band = knob(sch, [0, 1], 1)
         sch.compute_at(pad, yo if band else xo, preserve_unit_loops=True)
         sch.set_scope(pad, 0, "local")
         _, inner = sch.split(sch.get_loops(pad)[-1], [None, xv])

@@ -18,19 +18,7 @@ from __future__ import annotations
 
 from dwconv_tvm.spec import DepthwiseSpec
 
-
-def _knob(sch, candidates: list[int], default: int) -> int:
-    candidates = sorted(set(candidates))
-    rv = sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates), decision=candidates.index(default))
-    return int(sch.get(rv))
-
-
-def _has_block(sch, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except Exception:  # TVM raises its own error type for a missing block
-        return False
-    return True
+from .common import accumulate_in_registers, has_block, knob
 
 
 def _thread_candidates(extent: int, limit: int = 256) -> list[int]:
@@ -56,7 +44,7 @@ def schedule(sch, spec: DepthwiseSpec, target) -> None:
 
 def _stage_input_in_shared(sch, conv, block_loop, threads: int, vector: int) -> None:
     """Fills the block's input tile (+ halo, zero padding applied) in shared memory."""
-    if _has_block(sch, "pad"):
+    if has_block(sch, "pad"):
         stage = sch.get_sblock("pad")
         sch.compute_at(stage, block_loop, preserve_unit_loops=True)
         sch.set_scope(stage, 0, "shared")
@@ -81,24 +69,15 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec) -> None:
     n, y, x, o = sch.get_loops(out)
     pair = 2 if spec.dtype == "float16" and spec.out_channels % 2 == 0 and spec.depth_multiplier == 1 else 1
     lanes_extent = spec.out_channels // pair
-    threads = _knob(sch, _thread_candidates(lanes_extent), max(_thread_candidates(lanes_extent, 128)))
-    x_tile = _knob(sch, [d for d in (1, 2, 4) if d <= spec.out_width], min(4, spec.out_width) if spec.out_width >= 4 else 1)
+    threads = knob(sch, _thread_candidates(lanes_extent), max(_thread_candidates(lanes_extent, 128)))
+    x_tile = knob(sch, [d for d in (1, 2, 4) if d <= spec.out_width], min(4, spec.out_width) if spec.out_width >= 4 else 1)
     xo, xi = sch.split(x, [None, x_tile])
     oo, tx, ov = sch.split(o, [None, threads, pair])
     sch.reorder(n, y, xo, oo, tx, xi, ov)
     block = sch.fuse(n, y, xo, oo)
     sch.bind(block, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
-    conv = sch.get_sblock("depthwise")
-    sch.compute_at(conv, tx, preserve_unit_loops=True)
-    sch.set_scope(conv, 0, "local")
-    loops = sch.get_loops(conv)
-    cxi, cov, ry, rx = loops[-4:]
-    sch.reorder(ry, rx, cxi, cov)
-    for loop in (ry, rx, cxi):
-        sch.unroll(loop)
-    sch.vectorize(cov)
-    sch.decompose_reduction(conv, ry)
+    conv = accumulate_in_registers(sch, tx, 2, vectorize_innermost=True)
     sch.unroll(xi)
     sch.vectorize(ov)
     _weights_in_registers(sch, conv, tx)
@@ -108,23 +87,15 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec) -> None:
 def _schedule_nchw(sch, spec: DepthwiseSpec) -> None:
     out = sch.get_sblock("output")
     n, o, y, x = sch.get_loops(out)
-    threads = _knob(sch, [32, 64, 128], 64 if spec.out_width > 32 else 32)
-    y_tile = _knob(sch, [d for d in (1, 2, 4) if d <= spec.out_height], min(4, spec.out_height) if spec.out_height >= 4 else 1)
+    threads = knob(sch, [32, 64, 128], 64 if spec.out_width > 32 else 32)
+    y_tile = knob(sch, [d for d in (1, 2, 4) if d <= spec.out_height], min(4, spec.out_height) if spec.out_height >= 4 else 1)
     yo, yi = sch.split(y, [None, y_tile])
     xo, tx = sch.split(x, [None, threads])
     sch.reorder(n, o, yo, xo, tx, yi)
     block = sch.fuse(n, o, yo, xo)
     sch.bind(block, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
-    conv = sch.get_sblock("depthwise")
-    sch.compute_at(conv, tx, preserve_unit_loops=True)
-    sch.set_scope(conv, 0, "local")
-    loops = sch.get_loops(conv)
-    cyi, ry, rx = loops[-3:]
-    sch.reorder(ry, rx, cyi)
-    for loop in (ry, rx, cyi):
-        sch.unroll(loop)
-    sch.decompose_reduction(conv, ry)
+    conv = accumulate_in_registers(sch, tx, 1, vectorize_innermost=False)
     sch.unroll(yi)
     _weights_in_registers(sch, conv, tx)
     _stage_input_in_shared(sch, conv, block, threads, 1)
