@@ -26,7 +26,8 @@ _lock = threading.RLock()
 
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """Hash of every source file that shapes generated code."""
+    """Hash of the package and schedule sources: a superset of what shapes generated code, so
+    an upgrade may recompile but never serves a stale kernel."""
     import dwconv_tvm.schedules as schedules_pkg
 
     files = sorted(_PACKAGE_DIR.glob("*.py")) + sorted(Path(schedules_pkg.__file__).parent.glob("*.py"))

@@ -1,9 +1,12 @@
 """The tensor-expression definition of depthwise convolution, for both layouts.
 
-Two TE stages, whose block names the schedules rely on:
+TE stages, whose block names the schedules rely on:
 
+- `pad` (only when padding reaches the input): the zero-padded view of the input as an
+  `if_then_else`. Schedules inline it into the reduction or materialize a small tile of it
+  (registers, L1, GPU shared memory), so no padded copy of the whole input ever exists.
 - `depthwise`: the reduction over the kernel taps, accumulated in float32 (float64 for float64
-  inputs); the zero padding is an `if_then_else` on the input read, so no padded copy exists.
+  inputs).
 - `output`: the epilogue, `activation(depthwise + bias)` cast to the spec's dtype.
 
 Memory traffic per call (what a schedule should reach): every input element is read at least

@@ -81,7 +81,7 @@ class CompiledOp:
         module: The TVM runtime module holding the kernel.
         spec: The workload it computes.
         target: Canonical text of the target it was compiled for.
-        schedule: Which schedule produced it (e.g. `"default:cpu"`).
+        schedule: Which schedule produced it (e.g. `"default:llvm"`).
         path: The shared library on disk, if any.
     """
 
@@ -112,6 +112,8 @@ class CompiledOp:
     def run_checked(self, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """Runs on arguments the caller has already validated (C-contiguous NumPy arrays of the
         spec's shapes and dtype); returns a new output array. The layer's hot path."""
+        if self.on_gpu:
+            return self._call_on_device(x, kernel, bias)
         out = np.empty(self._out_shape, self._dtype)
         if bias is None:
             self._fn(x, kernel, out)
@@ -135,18 +137,17 @@ class CompiledOp:
             ValueError: On a shape mismatch or a missing/unexpected bias.
             TypeError: On a dtype mismatch or an unsupported tensor type.
         """
+        self._check_bias_given(bias)
         if self.on_gpu:
+            if out is not None:
+                raise ValueError("`out` is not supported for GPU ops: the result is allocated on the device.")
             return self._call_on_device(x, kernel, bias)
         dtype = self._dtype
         xs = _check(as_host_array(x, "x"), "x", self._in_shape, dtype)
         ks = _check(as_host_array(kernel, "kernel"), "kernel", self._kernel_shape, dtype)
         args = [xs, ks]
         if self.spec.bias:
-            if bias is None:
-                raise ValueError("`bias` is required: this op was compiled with a bias.")
             args.append(_check(as_host_array(bias, "bias"), "bias", self._bias_shape, dtype))
-        elif bias is not None:
-            raise ValueError("`bias` must be None: this op was compiled without a bias.")
         if out is None:
             result = np.empty(self._out_shape, self._dtype)
         else:
@@ -157,6 +158,12 @@ class CompiledOp:
                 raise ValueError("`out` must not overlap the inputs.")
         self._fn(*args, result)
         return like_input(result, x)
+
+    def _check_bias_given(self, bias: Any) -> None:
+        if self.spec.bias and bias is None:
+            raise ValueError("`bias` is required: this op was compiled with a bias.")
+        if not self.spec.bias and bias is not None:
+            raise ValueError("`bias` must be None: this op was compiled without a bias.")
 
     def _call_on_device(self, x: Any, kernel: Any, bias: Any) -> Any:
         """GPU path: device tensors (torch.cuda, ...) pass through DLPack; host arrays are copied
@@ -173,10 +180,6 @@ class CompiledOp:
                 return value
             return tvm.runtime.tensor(_check(as_host_array(value, name), name, shape, self._dtype), device)
 
-        if self.spec.bias and bias is None:
-            raise ValueError("`bias` is required: this op was compiled with a bias.")
-        if not self.spec.bias and bias is not None:
-            raise ValueError("`bias` must be None: this op was compiled without a bias.")
         args = [on_device(x, "x", self._in_shape), on_device(kernel, "kernel", self._kernel_shape)]
         if self.spec.bias:
             args.append(on_device(bias, "bias", self._bias_shape))
