@@ -11,8 +11,9 @@ TE stages, whose block names the schedules rely on:
 
 Memory traffic per call (what a schedule should reach): every input element is read at least
 once, every output element written once, plus the kernel and bias:
-`spec.compulsory_bytes`. At fp32 3x3 that is 18 FLOP for >= 8 bytes, so the kernel is
-memory-bound on every CPU and GPU we target.
+`spec.compulsory_bytes`. At fp32 3x3 that is 18 FLOP for >= 8 bytes: memory-bound on GPUs and
+on CPUs with two vector FMA pipes, but compute-bound for stride-1 layers on CPUs that retire one
+512-bit FMA per cycle per core (AMD Zen 4; see the README's Performance section).
 """
 
 from __future__ import annotations
