@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd = sub.add_parser("bench", help="time the layer vs PyTorch, ONNX Runtime and the bandwidth limit")
     bench_cmd.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     bench_cmd.add_argument("--threads", type=int, default=2)
-    bench_cmd.add_argument("--rounds", type=int, default=7)
+    bench_cmd.add_argument("--rounds", type=int, default=9)
     bench_cmd.add_argument("--peers", default="torch,onnxruntime,numpy")
     bench_cmd.add_argument("--target", default="host")
     bench_cmd.add_argument("--out", default="benchmarks/results")
