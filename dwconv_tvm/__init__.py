@@ -15,6 +15,7 @@ from .layer import DepthwiseConv2D  # noqa: E402
 from .runtime import CompiledOp  # noqa: E402
 from .spec import DepthwiseSpec  # noqa: E402
 from .targets import resolve_target, target_key  # noqa: E402
+from .tuning import tune  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,6 @@ __all__ = [
     "export",
     "resolve_target",
     "target_key",
+    "tune",
     "__version__",
 ]

@@ -44,15 +44,17 @@ def _tvm_version() -> str:
     return tvm.__version__
 
 
-def schedule_for(spec: DepthwiseSpec, target):
-    """The scheduled IRModule of `spec` for `target`, and the name of the schedule used.
+def schedule_for(spec: DepthwiseSpec, target, use_records: bool = True):
+    """The scheduled IRModule of `spec` for `target`, and the name of the schedule used:
+    the best tuning record (user logs, then shipped logs), else the target's template default.
 
     Args:
         spec: The workload.
         target: A resolved `tvm.target.Target`.
+        use_records: Consult tuning records (False: the template's default).
 
     Returns:
-        `(IRModule, schedule_name)`.
+        `(IRModule, schedule_name)`; names are `default:<kind>` or `tuned:<source>:<hash>`.
 
     Raises:
         ValueError: If no schedule exists for the target's kind.
@@ -60,9 +62,14 @@ def schedule_for(spec: DepthwiseSpec, target):
     import tvm
     from tvm import s_tir
 
-    from . import schedules
+    from . import schedules, tuning
     from .compute import depthwise_primfunc
 
+    if use_records:
+        found = tuning.best_record(spec, target)
+        if found is not None:
+            sch, source, _ = found
+            return sch.mod, f"tuned:{source}:{tuning.schedule_fingerprint(sch)}"
     rule = schedules.for_target(target)
     if rule is None:
         raise ValueError(
@@ -74,12 +81,12 @@ def schedule_for(spec: DepthwiseSpec, target):
     return sch.mod, f"default:{target.kind.name}"
 
 
-def kernel_path(spec: DepthwiseSpec, target, root: Path | None = None) -> Path:
-    """Where the compiled kernel of `spec` for `target` is cached."""
+def kernel_path(spec: DepthwiseSpec, target, schedule_name: str, root: Path | None = None) -> Path:
+    """Where the compiled kernel of `spec` for `target`, made by `schedule_name`, is cached."""
     root = Path(root) if root is not None else cache.cache_root()
     text = str(target)
     digest = hashlib.sha256(
-        "\n".join([spec.key, text, _tvm_version(), code_fingerprint()]).encode()
+        "\n".join([spec.key, text, schedule_name, _tvm_version(), code_fingerprint()]).encode()
     ).hexdigest()[:16]
     return root / "kernels" / target_key(target) / f"{spec.key}-{digest}.so"
 
@@ -114,18 +121,23 @@ def _checked_target(spec: DepthwiseSpec, target: TargetLike):
     return resolve_target(target)
 
 
-def build_executable(spec: DepthwiseSpec, target):
+def build_executable(spec: DepthwiseSpec, target, scheduled: tuple | None = None):
     """Schedules and compiles `spec` for a resolved target; nothing is loaded or written.
 
     GPU targets get a generic LLVM host target for their launcher unless the target names
     one, so the library runs on any machine of that CPU architecture with that GPU.
+
+    Args:
+        spec: The workload.
+        target: A resolved `tvm.target.Target`.
+        scheduled: `schedule_for`'s result, when the caller already has it.
 
     Returns:
         `(tvm Executable, schedule_name)`.
     """
     import tvm
 
-    mod, schedule_name = schedule_for(spec, target)
+    mod, schedule_name = scheduled or schedule_for(spec, target)
     if target.kind.name != "llvm" and target.host is None:
         target = tvm.target.Target(target, host={"kind": "llvm"})
     return tvm.compile(mod, target=target), schedule_name
@@ -207,8 +219,8 @@ def cuda_binary(spec: DepthwiseSpec, target: TargetLike) -> bytes:
         return bytes(nvcc.compile_cuda(executable.mod.imports[0].inspect_source(), "cubin", compiler="nvcc"))
 
 
-def _build(spec: DepthwiseSpec, target, path: Path | None) -> CompiledOp:
-    executable, schedule_name = build_executable(spec, target)
+def _build(spec: DepthwiseSpec, target, path: Path | None, scheduled: tuple) -> CompiledOp:
+    executable, schedule_name = build_executable(spec, target, scheduled)
     target_text = str(target)
     if path is None:
         return CompiledOp(executable.mod, spec, target_text, schedule_name)
@@ -240,9 +252,10 @@ def compile(spec: DepthwiseSpec, target: TargetLike = "host", *, use_cache: bool
     with _lock:
         op = _memory.get(key)
         if op is None:
-            path = kernel_path(spec, tgt) if use_cache else None
+            scheduled = schedule_for(spec, tgt)  # the tuned record it picks is part of the key
+            path = kernel_path(spec, tgt, scheduled[1]) if use_cache else None
             op = (_load_cached(path, spec, target_text) if path is not None else None) or _build(
-                spec, tgt, path
+                spec, tgt, path, scheduled
             )
             _memory[key] = op
     return op

@@ -50,9 +50,14 @@ def test_cache_key_separates_targets_and_specs(tmp_path):
     host = dwconv_tvm.resolve_target("host")
     other = dwconv_tvm.resolve_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
     other_spec = DepthwiseSpec.from_keras((1, 11, 9, 6), 3, 2, "same", 2)
-    paths = {build.kernel_path(SPEC, host, tmp_path), build.kernel_path(SPEC, other, tmp_path), build.kernel_path(other_spec, host, tmp_path)}
-    assert len(paths) == 3
-    assert build.kernel_path(SPEC, host, tmp_path).parent.name == dwconv_tvm.target_key(host)
+    paths = {
+        build.kernel_path(SPEC, host, "default:llvm", tmp_path),
+        build.kernel_path(SPEC, other, "default:llvm", tmp_path),
+        build.kernel_path(other_spec, host, "default:llvm", tmp_path),
+        build.kernel_path(SPEC, host, "tuned:user:0123456789ab", tmp_path),
+    }
+    assert len(paths) == 4
+    assert build.kernel_path(SPEC, host, "default:llvm", tmp_path).parent.name == dwconv_tvm.target_key(host)
 
 
 @pytest.mark.parametrize("damage", ["truncate_so", "garbage_json", "foreign_json"])

@@ -1,0 +1,92 @@
+"""Tuning with MetaSchedule (tiny trial counts, temporary log folders) and applying records."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import dwconv_tvm
+from dwconv_tvm import DepthwiseSpec, build, tuning
+from reference import ACTIVATIONS, depthwise
+
+SPEC = DepthwiseSpec.from_keras((1, 10, 10, 32), 3, 1, "same", activation="relu6")
+
+
+@pytest.fixture(scope="module")
+def tuned_logs(tmp_path_factory):
+    """One tiny tuning run shared by the tests below (the expensive part)."""
+    folder = tmp_path_factory.mktemp("logs") / "db"
+    returned = tuning.tune(SPEC, "host", trials=4, log_dir=folder)
+    assert returned == folder
+    return folder
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("DWCONV_TVM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DWCONV_TVM_TUNING_LOGS", str(tmp_path / "user"))
+    monkeypatch.setattr(tuning, "shipped_log_dir", lambda target: tmp_path / "shipped" / dwconv_tvm.target_key(target))
+    monkeypatch.setattr(build, "_memory", {})
+    return tmp_path
+
+
+def _install(logs, root, target):
+    destination = root / dwconv_tvm.target_key(target)
+    shutil.copytree(logs, destination)
+    return destination
+
+
+def _check_numerics(op, rng):
+    x = rng.standard_normal(SPEC.input_shape).astype(np.float32)
+    k = rng.standard_normal(SPEC.kernel_shape).astype(np.float32)
+    b = rng.standard_normal(SPEC.bias_shape).astype(np.float32)
+    np.testing.assert_allclose(op(x, k, b), ACTIVATIONS["relu6"](depthwise(x, k, b, padding="same")), atol=1e-4)
+
+
+def test_database_files_and_seeded_default(tuned_logs):
+    assert (tuned_logs / tuning.WORKLOADS).is_file() and (tuned_logs / tuning.RECORDS).is_file()
+    lines = (tuned_logs / tuning.RECORDS).read_text().splitlines()
+    assert len(lines) >= 2  # the measured default plus searched candidates
+
+
+def test_no_records_means_default(isolated):
+    assert tuning.best_record(SPEC, dwconv_tvm.resolve_target("host")) is None
+    assert dwconv_tvm.compile(SPEC).schedule == "default:llvm"
+
+
+def test_user_records_are_applied(isolated, tuned_logs, rng):
+    host = dwconv_tvm.resolve_target("host")
+    _install(tuned_logs, isolated / "user", host)
+    sch, source, seconds = tuning.best_record(SPEC, host)
+    assert source == "user" and seconds > 0
+    op = dwconv_tvm.compile(SPEC)
+    assert op.schedule.startswith("tuned:user:")
+    assert op.path != build.kernel_path(SPEC, host, "default:llvm")  # cache knows the record
+    _check_numerics(op, rng)
+
+
+def test_shipped_records_apply_and_user_records_win(isolated, tuned_logs, rng):
+    host = dwconv_tvm.resolve_target("host")
+    _install(tuned_logs, isolated / "shipped", host)
+    op = dwconv_tvm.compile(SPEC)
+    assert op.schedule.startswith("tuned:shipped:")
+    _check_numerics(op, rng)
+    _install(tuned_logs, isolated / "user", host)
+    build._memory.clear()
+    assert dwconv_tvm.compile(SPEC).schedule.startswith("tuned:user:")
+
+
+def test_records_are_per_target(isolated, tuned_logs):
+    _install(tuned_logs, isolated / "user", dwconv_tvm.resolve_target("host"))
+    other = dwconv_tvm.resolve_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    assert tuning.best_record(SPEC, other) is None  # another CPU never gets this machine's records
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(specs=[], trials=4), "specs"),
+    (dict(specs=SPEC, trials=0), "trials"),
+    (dict(specs=SPEC, trials=4, target={"kind": "c"}), "template"),
+])
+def test_tune_argument_errors(kwargs, needle, tmp_path):
+    with pytest.raises(ValueError, match=needle):
+        tuning.tune(log_dir=tmp_path, **kwargs)
