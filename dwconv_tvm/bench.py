@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .layer import DepthwiseConv2D
+from .models import MODELS
 from .reference import depthwise_reference
 from .spec import DepthwiseSpec
 
@@ -39,12 +40,8 @@ class Shape:
         return f"{self.size}x{self.size}x{self.channels} k{self.kernel} s{self.stride}"
 
 
-MOBILENET_V2 = [
-    Shape("MobileNetV2", s, c, 3, st)
-    for s, c, st in [(112, 32, 1), (112, 96, 2), (56, 144, 1), (56, 144, 2), (28, 192, 1), (28, 192, 2),
-                     (14, 384, 1), (14, 576, 1), (14, 576, 2), (7, 960, 1)]
-]
-EFFICIENTNET_B0 = [Shape("EfficientNet-B0", 28, 240, 5, 1), Shape("EfficientNet-B0", 14, 672, 5, 1)]
+MOBILENET_V2 = [Shape("MobileNetV2", *layer) for layer in MODELS["mobilenet_v2"]]
+EFFICIENTNET_B0 = [Shape("EfficientNet-B0", *layer) for layer in MODELS["efficientnet_b0"] if layer[1:3] in {(240, 5), (672, 5)} and layer[3] == 1]
 SHAPES = MOBILENET_V2 + EFFICIENTNET_B0
 
 

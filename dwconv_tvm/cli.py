@@ -1,4 +1,4 @@
-"""`dwconv-tvm` command line: demo, bench, info, targets."""
+"""`dwconv-tvm` command line: demo, bench, tune, info, targets."""
 
 from __future__ import annotations
 
@@ -47,18 +47,80 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"`--{name}` must be comma-separated integers. Received: {text!r}") from None
+
+
+def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("workload (a model set, or one layer)")
+    group.add_argument("--model", help="mobilenet_v2 or efficientnet_b0: their depthwise layers at 224x224")
+    group.add_argument("--input-shape", help="one layer's input shape, e.g. 1,112,112,32")
+    group.add_argument("--kernel-size", default="3")
+    group.add_argument("--strides", default="1")
+    group.add_argument("--padding", default="valid")
+    group.add_argument("--depth-multiplier", type=int, default=1)
+    group.add_argument("--data-format", default="channels_last")
+    group.add_argument("--dilation-rate", default="1")
+    group.add_argument("--activation", default=None, help="a fusable Keras activation name")
+    group.add_argument("--no-bias", action="store_true")
+    group.add_argument("--dtype", default="float32")
+    group.add_argument("--batch", type=int, default=1, help="batch size for --model")
+
+
+def _specs_from_args(args: argparse.Namespace) -> list:
+    from .models import model_specs
+    from .spec import DepthwiseSpec
+
+    if args.model and args.input_shape:
+        raise ValueError("Give either `--model` or `--input-shape`, not both.")
+    if args.model:
+        return model_specs(args.model, batch=args.batch, dtype=args.dtype, data_format=args.data_format)
+    if not args.input_shape:
+        raise ValueError("Give `--model NAME` or `--input-shape N,H,W,C` (with the layer's arguments).")
+
+    def pair(text: str, name: str):
+        values = _int_list(text, name)
+        return values[0] if len(values) == 1 else values
+
+    return [DepthwiseSpec.from_keras(
+        _int_list(args.input_shape, "input-shape"), pair(args.kernel_size, "kernel-size"),
+        pair(args.strides, "strides"), args.padding, args.depth_multiplier, args.data_format,
+        pair(args.dilation_rate, "dilation-rate"), not args.no_bias,
+        None if args.activation in (None, "linear") else args.activation, args.dtype,
+    )]
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .tuning import tune
+
+    specs = _specs_from_args(args)
+    folder = tune(specs, args.target, trials=args.trials, log_dir=args.log_dir, progress=sys.stderr)
+    print(f"tuning records: {folder}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     import tvm
 
     from . import __version__
     from .cache import cache_root
     from .targets import resolve_target, target_key
+    from .tuning import best_record, shipped_log_dir, user_log_dir
 
     tgt = resolve_target(args.target)
     print(f"dwconv-tvm {__version__}, TVM {tvm.__version__}")
     print(f"target: {tgt}")
     print(f"target key: {target_key(tgt)}")
-    print(f"cache: {cache_root()}")
+    print(f"kernel cache: {cache_root()}")
+    print(f"tuning logs: user {user_log_dir(tgt)}, shipped {shipped_log_dir(tgt)}")
+    if args.model or args.input_shape:
+        for spec in _specs_from_args(args):
+            found = best_record(spec, tgt)
+            used = f"tuned ({found[1]} logs), recorded {found[2] * 1e6:.1f} us" if found else "hand-written default"
+            print(f"{spec.key}: {used}")
     return 0
 
 
@@ -87,7 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--target", default="host")
     bench_cmd.add_argument("--out", default="benchmarks/results")
     bench_cmd.set_defaults(func=_bench)
-    info = sub.add_parser("info", help="versions, target, cache folder")
+    tune_cmd = sub.add_parser("tune", help="auto-tune layers for a target with MetaSchedule")
+    _add_spec_arguments(tune_cmd)
+    tune_cmd.add_argument("--trials", type=int, default=64, help="measured candidates per layer")
+    tune_cmd.add_argument("--target", default="host")
+    tune_cmd.add_argument("--log-dir", default=None, help="database folder (default: user logs of the target)")
+    tune_cmd.set_defaults(func=_tune)
+    info = sub.add_parser("info", help="versions, target, folders; per layer, which schedule is used")
+    _add_spec_arguments(info)
     info.add_argument("--target", default="host")
     info.set_defaults(func=_info)
     targets = sub.add_parser("targets", help="list named targets")

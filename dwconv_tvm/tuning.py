@@ -20,10 +20,13 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from . import cache
 from .spec import DepthwiseSpec
@@ -143,12 +146,39 @@ def _metaschedule_logging():
         logger.propagate = saved_propagate
 
 
+def _progress_callback(label: str, total: int, stream: TextIO):
+    """A MetaSchedule measure callback drawing one progress line: trials, best latency, ETA."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def __init__(self):
+            self.done, self.best, self.start = 0, math.inf, time.monotonic()
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            for result in runner_results:
+                self.done += 1
+                if not result.error_msg and result.run_secs:
+                    self.best = min(self.best, sum(float(t) for t in result.run_secs) / len(result.run_secs))
+            elapsed = time.monotonic() - self.start
+            eta = elapsed / max(self.done, 1) * max(total - self.done, 0)
+            filled = int(20 * min(self.done, total) / total)
+            best = f"{self.best * 1e6:.1f} us" if self.best < math.inf else "-"
+            stream.write(f"\r{label} [{'#' * filled}{'.' * (20 - filled)}] {min(self.done, total)}/{total} trials, "
+                         f"best {best}, ETA {eta:.0f} s ")
+            stream.flush()
+
+    return Progress()
+
+
 def tune(
     specs: DepthwiseSpec | Sequence[DepthwiseSpec],
     target: TargetLike = "host",
     trials: int = 64,
     log_dir: str | Path | None = None,
     builder_timeout_s: float = 120.0,
+    progress: TextIO | None = None,
 ) -> Path:
     """Tunes each spec for `target` and appends the records to the target's database.
 
@@ -161,6 +191,7 @@ def tune(
         trials: Measured candidates per spec.
         log_dir: Database folder (default: the user log folder of the target).
         builder_timeout_s: Per-candidate build timeout.
+        progress: A stream (e.g. `sys.stderr`) for a progress line per spec, or None.
 
     Returns:
         The database folder.
@@ -190,7 +221,7 @@ def tune(
     )
     builder = ms.builder.LocalBuilder(f_build=_f_build, timeout_sec=builder_timeout_s)
     runner = ms.runner.LocalRunner()
-    for spec in specs:
+    for index, spec in enumerate(specs, start=1):
         mod = _workload_module(spec)
         workload = database.commit_workload(mod)
         if not database.get_top_k(workload, 1):
@@ -211,10 +242,16 @@ def tune(
             ms.space_generator.ScheduleFn(template, sch_rules=[], postprocs="from-target", mutator_probs="from-target"),
             ms.space_generator.PostOrderApply(),
         ])
+        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+        if progress is not None:
+            callbacks.append(_progress_callback(f"[{index}/{len(specs)}] {spec.key}", trials, progress))
         with tempfile.TemporaryDirectory(prefix="dwconv-tvm-tune-") as work_dir, _metaschedule_logging():
             ms.tune_tir(
                 mod, tgt, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, 32),
                 builder=builder, runner=runner, database=database, space=space,
+                measure_callbacks=callbacks,
             )
+        if progress is not None:
+            progress.write("\n")
     _database.cache_clear()
     return folder

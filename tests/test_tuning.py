@@ -90,3 +90,35 @@ def test_records_are_per_target(isolated, tuned_logs):
 def test_tune_argument_errors(kwargs, needle, tmp_path):
     with pytest.raises(ValueError, match=needle):
         tuning.tune(log_dir=tmp_path, **kwargs)
+
+
+def test_model_sets():
+    from dwconv_tvm.models import model_specs
+
+    mobilenet = model_specs("mobilenet_v2")
+    assert len(mobilenet) == 10 and len(set(mobilenet)) == 10
+    assert mobilenet[0].input_shape == (1, 112, 112, 32) and not mobilenet[0].bias
+    assert {s.kernel for s in model_specs("efficientnet_b0")} == {(3, 3), (5, 5)}
+    with pytest.raises(ValueError, match="Unknown model"):
+        model_specs("resnet50")
+
+
+def test_cli_tune_then_info(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DWCONV_TVM_TUNING_LOGS": str(tmp_path / "logs"), "DWCONV_TVM_CACHE": str(tmp_path / "cache")}
+    layer = ["--input-shape", "1,8,8,16", "--kernel-size", "3", "--padding", "same"]
+    tune = subprocess.run([sys.executable, "-m", "dwconv_tvm.cli", "tune", *layer, "--trials", "2"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert tune.returncode == 0, tune.stderr
+    assert "2/2 trials" in tune.stderr and "best" in tune.stderr  # the progress line
+    assert "Total trials" not in tune.stdout + tune.stderr  # MetaSchedule's tables stay out
+    info = subprocess.run([sys.executable, "-m", "dwconv_tvm.cli", "info", *layer],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert info.returncode == 0, info.stderr
+    assert "tuned (user logs), recorded" in info.stdout
+    bad = subprocess.run([sys.executable, "-m", "dwconv_tvm.cli", "tune", "--model", "nope"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and "Unknown model" in bad.stderr
