@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -55,15 +57,59 @@ def _has_records(folder: Path) -> bool:
     return (folder / RECORDS).is_file() and (folder / WORKLOADS).is_file()
 
 
+def _valid_lines(path: Path) -> tuple[list[str], int]:
+    """The lines of a MetaSchedule JSON-lines file that parse, and how many did not (a tuner
+    killed mid-write leaves a torn last line, which MetaSchedule's loader rejects whole)."""
+    good, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        good.append(line)
+    return good, bad
+
+
+def repair(folder: Path) -> int:
+    """Drops unparsable lines from a database folder in place (atomically); returns how many."""
+    dropped = 0
+    for name in (WORKLOADS, RECORDS):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        good, bad = _valid_lines(path)
+        if bad:
+            dropped += bad
+            cache.atomic_write(path, lambda tmp, good=good: tmp.write_text("".join(line + "\n" for line in good)))
+    if dropped:
+        warnings.warn(f"Dropped {dropped} damaged line(s) from the tuning log {folder}.", stacklevel=2)
+    return dropped
+
+
 @functools.lru_cache(maxsize=16)
 def _database(folder: str, records_mtime: float):
-    """A loaded JSON database (reloaded when the records file changes)."""
+    """A loaded JSON database (reloaded when the records file changes). Damaged lines are
+    skipped with a warning, from a sanitized copy: shipped logs are read-only."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.database.JSONDatabase(
-        path_workload=str(Path(folder) / WORKLOADS), path_tuning_record=str(Path(folder) / RECORDS),
-        allow_missing=False,
-    )
+    source = Path(folder)
+    lines = {name: _valid_lines(source / name) for name in (WORKLOADS, RECORDS)}
+    bad = sum(b for _, b in lines.values())
+    if bad:
+        warnings.warn(f"Skipping {bad} damaged line(s) in the tuning log {folder}.", stacklevel=4)
+        source = Path(tempfile.mkdtemp(prefix="dwconv-tvm-log-"))
+        for name, (good, _) in lines.items():
+            (source / name).write_text("".join(line + "\n" for line in good))
+    try:
+        return ms.database.JSONDatabase(
+            path_workload=str(source / WORKLOADS), path_tuning_record=str(source / RECORDS), allow_missing=False
+        )
+    except Exception as err:  # a foreign or inconsistent file: MetaSchedule's loader raises
+        warnings.warn(f"Skipping the unusable tuning log {folder}: {str(err).splitlines()[-1]}", stacklevel=4)
+        return None
 
 
 def _workload_module(spec: DepthwiseSpec):
@@ -88,6 +134,8 @@ def best_record(spec: DepthwiseSpec, target) -> tuple[object, str, float] | None
         if not _has_records(folder):
             continue
         database = _database(str(folder), (folder / RECORDS).stat().st_mtime)
+        if database is None:
+            continue
         mod = _workload_module(spec)
         records = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
         if not records:
@@ -172,6 +220,30 @@ def _progress_callback(label: str, total: int, stream: TextIO):
     return Progress()
 
 
+def _open_for_tuning(folder: Path):
+    """The user's database, resumed: damaged lines dropped; a database that still cannot load
+    is set aside (renamed, not deleted) with a warning and a new one started."""
+    from tvm.s_tir import meta_schedule as ms
+
+    repair(folder)
+
+    def open_database():
+        return ms.database.JSONDatabase(path_workload=str(folder / WORKLOADS), path_tuning_record=str(folder / RECORDS))
+
+    try:
+        return open_database()
+    except Exception as err:  # foreign or inconsistent files
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name in (WORKLOADS, RECORDS):
+            if (folder / name).exists():
+                os.replace(folder / name, folder / f"{name}.unusable-{stamp}")
+        warnings.warn(
+            f"The tuning log {folder} could not be loaded ({str(err).splitlines()[-1]}); it was "
+            f"renamed to *.unusable-{stamp} and a new one started.", stacklevel=3,
+        )
+        return open_database()
+
+
 def tune(
     specs: DepthwiseSpec | Sequence[DepthwiseSpec],
     target: TargetLike = "host",
@@ -216,9 +288,7 @@ def tune(
         raise ValueError(f"No schedule template for target kind '{tgt.kind.name}'.")
     folder = Path(log_dir) if log_dir is not None else user_log_dir(tgt)
     folder.mkdir(parents=True, exist_ok=True)
-    database = ms.database.JSONDatabase(
-        path_workload=str(folder / WORKLOADS), path_tuning_record=str(folder / RECORDS)
-    )
+    database = _open_for_tuning(folder)
     builder = ms.builder.LocalBuilder(f_build=_f_build, timeout_sec=builder_timeout_s)
     runner = ms.runner.LocalRunner()
     for index, spec in enumerate(specs, start=1):

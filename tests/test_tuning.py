@@ -122,3 +122,39 @@ def test_cli_tune_then_info(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dwconv_tvm.cli", "tune", "--model", "nope"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2 and "Unknown model" in bad.stderr
+
+
+def test_torn_log_line_is_skipped_and_repaired(isolated, tuned_logs, rng):
+    # What a tuner killed in the middle of writing a record leaves behind.
+    host = dwconv_tvm.resolve_target("host")
+    folder = _install(tuned_logs, isolated / "user", host)
+    complete = (folder / tuning.RECORDS).read_text().splitlines()
+    with open(folder / tuning.RECORDS, "a") as f:
+        f.write('[0, [[["SampleCategor')
+    with pytest.warns(UserWarning, match="damaged"):
+        op = dwconv_tvm.compile(SPEC)
+    assert op.schedule.startswith("tuned:user:")  # the complete records still apply
+    _check_numerics(op, rng)
+    with pytest.warns(UserWarning, match="Dropped 1 damaged"):
+        assert tuning.repair(folder) == 1
+    assert (folder / tuning.RECORDS).read_text().splitlines() == complete
+    assert tuning.repair(folder) == 0
+
+
+def test_foreign_file_in_log_folder_is_skipped(isolated, tuned_logs):
+    host = dwconv_tvm.resolve_target("host")
+    folder = _install(tuned_logs, isolated / "user", host)
+    (folder / tuning.WORKLOADS).write_text("this is not a tuning log\n")
+    with pytest.warns(UserWarning, match="damaged"):
+        op = dwconv_tvm.compile(SPEC)
+    assert op.schedule == "default:llvm"  # nothing usable: the hand-written default
+
+
+def test_tune_sets_an_unusable_log_aside(tmp_path):
+    folder = tmp_path / "db"
+    folder.mkdir()
+    (folder / tuning.WORKLOADS).write_text("not a tuning log\n")
+    (folder / tuning.RECORDS).write_text('[0, ["foreign"]]\n')
+    with pytest.warns(UserWarning, match="renamed"):
+        tuning._open_for_tuning(folder)
+    assert sorted(p.name.split(".unusable-")[0] for p in folder.glob("*.unusable-*")) == sorted([tuning.RECORDS, tuning.WORKLOADS])
