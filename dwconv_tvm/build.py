@@ -59,11 +59,10 @@ def schedule_for(spec: DepthwiseSpec, target, use_records: bool = True):
     Raises:
         ValueError: If no schedule exists for the target's kind.
     """
-    import tvm
     from tvm import s_tir
 
     from . import schedules, tuning
-    from .compute import depthwise_primfunc
+    from .compute import depthwise_module
 
     if use_records:
         found = tuning.best_record(spec, target)
@@ -76,7 +75,7 @@ def schedule_for(spec: DepthwiseSpec, target, use_records: bool = True):
             f"No schedule for target kind '{target.kind.name}'. Supported kinds: "
             f"{sorted(schedules.RULES)}."
         )
-    sch = s_tir.Schedule(tvm.IRModule({"main": depthwise_primfunc(spec)}))
+    sch = s_tir.Schedule(depthwise_module(spec))
     rule.schedule(sch, spec, target)
     return sch.mod, f"default:{target.kind.name}"
 

@@ -155,6 +155,14 @@ def depthwise_primfunc(spec: DepthwiseSpec):
     return relax_alignment(func, itemsize)
 
 
+def depthwise_module(spec: DepthwiseSpec):
+    """`depthwise_primfunc(spec)` as the `main` function of an IRModule: what schedules and
+    tuning records are keyed on."""
+    import tvm
+
+    return tvm.IRModule({"main": depthwise_primfunc(spec)})
+
+
 def relax_alignment(func, align: int):
     """Re-declares every buffer parameter of `func` with `data_alignment=align`.
 

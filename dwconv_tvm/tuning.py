@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import cache
+from .compute import depthwise_module
 from .spec import DepthwiseSpec
 from .targets import TargetLike, resolve_target, target_key
 
@@ -73,6 +74,10 @@ def _valid_lines(path: Path) -> tuple[list[str], int]:
     return good, bad
 
 
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
 def repair(folder: Path) -> int:
     """Drops unparsable lines from a database folder in place (atomically); returns how many."""
     dropped = 0
@@ -83,7 +88,7 @@ def repair(folder: Path) -> int:
         good, bad = _valid_lines(path)
         if bad:
             dropped += bad
-            cache.atomic_write(path, lambda tmp, good=good: tmp.write_text("".join(line + "\n" for line in good)))
+            cache.atomic_write(path, lambda tmp, good=good: _write_lines(tmp, good))
     if dropped:
         warnings.warn(f"Dropped {dropped} damaged line(s) from the tuning log {folder}.", stacklevel=2)
     return dropped
@@ -95,29 +100,24 @@ def _database(folder: str, records_mtime: float):
     skipped with a warning, from a sanitized copy: shipped logs are read-only."""
     from tvm.s_tir import meta_schedule as ms
 
-    source = Path(folder)
-    lines = {name: _valid_lines(source / name) for name in (WORKLOADS, RECORDS)}
+    lines = {name: _valid_lines(Path(folder) / name) for name in (WORKLOADS, RECORDS)}
     bad = sum(b for _, b in lines.values())
     if bad:
         warnings.warn(f"Skipping {bad} damaged line(s) in the tuning log {folder}.", stacklevel=4)
-        source = Path(tempfile.mkdtemp(prefix="dwconv-tvm-log-"))
-        for name, (good, _) in lines.items():
-            (source / name).write_text("".join(line + "\n" for line in good))
-    try:
-        return ms.database.JSONDatabase(
-            path_workload=str(source / WORKLOADS), path_tuning_record=str(source / RECORDS), allow_missing=False
-        )
-    except Exception as err:  # a foreign or inconsistent file: MetaSchedule's loader raises
-        warnings.warn(f"Skipping the unusable tuning log {folder}: {str(err).splitlines()[-1]}", stacklevel=4)
-        return None
-
-
-def _workload_module(spec: DepthwiseSpec):
-    import tvm
-
-    from .compute import depthwise_primfunc
-
-    return tvm.IRModule({"main": depthwise_primfunc(spec)})
+    # The loader reads the files once into memory and this database is never committed to,
+    # so a sanitized copy only has to exist while it loads.
+    with tempfile.TemporaryDirectory(prefix="dwconv-tvm-log-") as copy:
+        source = Path(copy) if bad else Path(folder)
+        if bad:
+            for name, (good, _) in lines.items():
+                _write_lines(source / name, good)
+        try:
+            return ms.database.JSONDatabase(
+                path_workload=str(source / WORKLOADS), path_tuning_record=str(source / RECORDS), allow_missing=False
+            )
+        except Exception as err:  # a foreign or inconsistent file: MetaSchedule's loader raises
+            warnings.warn(f"Skipping the unusable tuning log {folder}: {str(err).splitlines()[-1]}", stacklevel=4)
+            return None
 
 
 def best_record(spec: DepthwiseSpec, target) -> tuple[object, str, float] | None:
@@ -136,7 +136,7 @@ def best_record(spec: DepthwiseSpec, target) -> tuple[object, str, float] | None
         database = _database(str(folder), (folder / RECORDS).stat().st_mtime)
         if database is None:
             continue
-        mod = _workload_module(spec)
+        mod = depthwise_module(spec)
         records = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
         if not records:
             continue
@@ -292,7 +292,7 @@ def tune(
     builder = ms.builder.LocalBuilder(f_build=_f_build, timeout_sec=builder_timeout_s)
     runner = ms.runner.LocalRunner()
     for index, spec in enumerate(specs, start=1):
-        mod = _workload_module(spec)
+        mod = depthwise_module(spec)
         workload = database.commit_workload(mod)
         if not database.get_top_k(workload, 1):
             # The template's untuned schedule enters the database first: the search can only

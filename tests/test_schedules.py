@@ -53,11 +53,10 @@ def test_nchw_cpu_structure():
 
 
 def test_knobs_are_recorded_in_the_trace():
-    import tvm
     from tvm import s_tir
 
     spec = DepthwiseSpec.from_keras((1, 28, 28, 192), 3, 1, "same")
-    sch = s_tir.Schedule(tvm.IRModule({"main": dwconv_tvm.compute.depthwise_primfunc(spec)}))
+    sch = s_tir.Schedule(dwconv_tvm.compute.depthwise_module(spec))
     cpu_schedule.schedule(sch, spec, AVX512)
     kinds = [inst.kind.name for inst in sch.trace.insts]
     assert kinds.count("SampleCategorical") >= 3
