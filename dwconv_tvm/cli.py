@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -15,7 +16,6 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import json
     import platform
-    from pathlib import Path
 
     import tvm
 
@@ -93,12 +93,37 @@ def _specs_from_args(args: argparse.Namespace) -> list:
     )]
 
 
+def _duration_s(text: str | None) -> float | None:
+    """Seconds from '900', '900s', '15m' or '1.5h'."""
+    if text is None:
+        return None
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower())
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"`--time-budget` must be a positive duration such as 900, 900s, 15m or 1h. Received: {text!r}")
+    return seconds
+
+
 def _tune(args: argparse.Namespace) -> int:
-    from .tuning import tune
+    from .targets import resolve_target
+    from .tuning import tune, user_log_dir
 
     specs = _specs_from_args(args)
-    folder = tune(specs, args.target, trials=args.trials, log_dir=args.log_dir, progress=sys.stderr)
+    budget = _duration_s(args.time_budget)
+    trials = args.trials if args.trials is not None or budget is not None else 64
+    folder = Path(args.log_dir) if args.log_dir else user_log_dir(resolve_target(args.target))
+    try:
+        tune(specs, args.target, trials=trials, time_budget_s=budget, log_dir=folder, rpc_tracker=args.rpc_tracker,
+             rpc_key=args.rpc_key, progress=sys.stderr, curve=args.curve)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; every record measured so far is kept in {folder}", file=sys.stderr)
+        return 130
     print(f"tuning records: {folder}")
+    if args.curve:
+        print(f"tuning curve: {args.curve} (data: {args.curve}.json)")
     return 0
 
 
@@ -151,9 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.set_defaults(func=_bench)
     tune_cmd = sub.add_parser("tune", help="auto-tune layers for a target with MetaSchedule")
     _add_spec_arguments(tune_cmd)
-    tune_cmd.add_argument("--trials", type=int, default=64, help="measured candidates per layer")
+    tune_cmd.add_argument("--trials", type=int, default=None,
+                          help="measured candidates per layer (default 64, or unlimited with --time-budget)")
+    tune_cmd.add_argument("--time-budget", default=None, help="wall time for all layers: 900, 900s, 15m, 1h")
     tune_cmd.add_argument("--target", default="host")
     tune_cmd.add_argument("--log-dir", default=None, help="database folder (default: user logs of the target)")
+    tune_cmd.add_argument("--rpc-tracker", default=None, help="host:port of a TVM RPC tracker to measure on")
+    tune_cmd.add_argument("--rpc-key", default=None, help="device key registered with the tracker")
+    tune_cmd.add_argument("--curve", default=None, help="write the tuning curve (PNG, needs matplotlib) here")
     tune_cmd.set_defaults(func=_tune)
     info = sub.add_parser("info", help="versions, target, folders; per layer, which schedule is used")
     _add_spec_arguments(info)

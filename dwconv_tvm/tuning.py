@@ -23,7 +23,10 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -130,6 +133,8 @@ def best_record(spec: DepthwiseSpec, target) -> tuple[object, str, float] | None
     Returns:
         `(tvm.s_tir.Schedule, source, seconds)` with source `"user"` or `"shipped"`, or None.
     """
+    from tvm import s_tir
+
     for source, folder in (("user", user_log_dir(target)), ("shipped", shipped_log_dir(target))):
         if not _has_records(folder):
             continue
@@ -137,20 +142,24 @@ def best_record(spec: DepthwiseSpec, target) -> tuple[object, str, float] | None
         if database is None:
             continue
         mod = depthwise_module(spec)
-        records = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
+        if not database.has_workload(mod):
+            continue
+        records = database.get_top_k(database.commit_workload(mod), 1)
         if not records:
             continue
-        sch = database.query_schedule(mod, target, workload_name="main")
-        if sch is not None:
-            seconds = float(sum(float(s) for s in records[0].run_secs) / len(records[0].run_secs))
-            return sch, source, seconds
+        sch = s_tir.Schedule(mod)
+        records[0].trace.apply_to_schedule(sch, remove_postproc=False)
+        return sch, source, _mean(records[0].run_secs)
     return None
+
+
+def _mean(run_secs) -> float:
+    return float(sum(float(s) for s in run_secs) / len(run_secs))
 
 
 def schedule_fingerprint(sch) -> str:
     """A short hash of a schedule's trace, so the kernel cache tells tuned kernels apart."""
     return hashlib.sha256(str(sch.trace).encode()).hexdigest()[:12]
-
 
 def _f_build(mod, target, _params):
     """LocalBuilder's build: the default one imports tensor intrinsics in every fresh worker,
@@ -160,18 +169,79 @@ def _f_build(mod, target, _params):
     return tvm.tirx.build(mod, target=target)
 
 
-def _measure(mod, target, builder, runner) -> list[float] | None:
-    """Builds and runs a scheduled module through the tuning builder and runner."""
-    from tvm.s_tir import meta_schedule as ms
+# One timing protocol for every measurement, in-process or through a runner: 3 repeats of at
+# least 40 ms each; a record's latency is their mean.
+EVALUATOR = {"number": 1, "repeat": 3, "min_repeat_ms": 40}
 
-    (built,) = builder.build([ms.builder.BuilderInput(mod, target)])
-    if built.error_msg:
-        return None
-    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-    device = "cpu" if target.kind.name == "llvm" else target.kind.name
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])
-    result = future.result()
-    return None if result.error_msg else [float(s) for s in result.run_secs]
+
+def _build_target(target):
+    """GPU kernels need a host target for their launch code."""
+    import tvm
+
+    return target if target.kind.name == "llvm" else tvm.target.Target(target, host=target.host or "llvm")
+
+
+class _InProcess:
+    """Builds and times candidates in this process, reusing one set of arguments: ~0.1 s to
+    build and ~0.15 s to time one candidate, where a round trip through MetaSchedule's worker
+    pools costs seconds. Used for the template's own (tested) schedules only; MetaSchedule's
+    generated candidates run in its sandboxed runner."""
+
+    batch = 1
+
+    def __init__(self, mod, target):
+        import numpy as np
+        import tvm
+        from tvm.s_tir import meta_schedule as ms
+
+        self.target = _build_target(target)
+        self.device = tvm.cpu() if target.kind.name == "llvm" else tvm.device(target.kind.name, 0)
+        rng = np.random.default_rng(0)
+        self.args = [
+            tvm.runtime.tensor(rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(str(info.dtype)), self.device)
+            for info in ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        ]
+
+    def __call__(self, mods) -> list[list[float] | None]:
+        import tvm
+
+        results = []
+        for mod in mods:
+            lib = tvm.tirx.build(mod, target=self.target)
+            timer = lib.time_evaluator("main", self.device, **EVALUATOR)
+            results.append([float(t) for t in timer(*self.args).results])
+        return results
+
+
+class _ThroughRunner:
+    """Builds with MetaSchedule's builder and measures with its runner (a TVM RPC fleet)."""
+
+    batch = 8
+
+    def __init__(self, mod, target, builder, runner):
+        from tvm.s_tir import meta_schedule as ms
+
+        self.target, self.builder, self.runner = target, builder, runner
+        self.args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        self.device = "cpu" if target.kind.name == "llvm" else target.kind.name
+
+    def __call__(self, mods) -> list[list[float] | None]:
+        from tvm.s_tir import meta_schedule as ms
+
+        built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in mods])
+        results: list[list[float] | None] = [None] * len(mods)
+        runnable = [i for i, b in enumerate(built) if not b.error_msg]
+        futures = self.runner.run([
+            ms.runner.RunnerInput(built[i].artifact_path, self.device, self.args_info) for i in runnable
+        ])
+        for i, future in zip(runnable, futures):
+            result = future.result()
+            if not result.error_msg:
+                results[i] = [float(t) for t in result.run_secs]
+        for b in built:  # each artifact sits in a temporary folder of its own
+            if b.artifact_path:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        return results
 
 
 @contextlib.contextmanager
@@ -194,30 +264,97 @@ def _metaschedule_logging():
         logger.propagate = saved_propagate
 
 
-def _progress_callback(label: str, total: int, stream: TextIO):
-    """A MetaSchedule measure callback drawing one progress line: trials, best latency, ETA."""
+class _Progress:
+    """Trials, best latency and the tuning curve of one spec; draws one progress line."""
+
+    def __init__(self, label: str, total: int, deadline: float, stream: TextIO | None, stop: threading.Event):
+        self.label, self.total, self.deadline, self.stream, self.stop = label, total, deadline, stream, stop
+        self.done, self.best, self.start = 0, math.inf, time.monotonic()
+        self.curve: list[tuple[int, float, float]] = []  # (trial, seconds since start, best latency)
+
+    def expired(self) -> bool:
+        """Past the spec's deadline, or the user asked to stop."""
+        return self.stop.is_set() or time.monotonic() >= self.deadline
+
+    def add(self, run_secs) -> None:
+        self.done += 1
+        if run_secs:
+            self.best = min(self.best, _mean(run_secs))
+        elapsed = time.monotonic() - self.start
+        if self.best < math.inf:
+            self.curve.append((self.done, elapsed, self.best))
+        if self.stream is None:
+            return
+        eta = min(elapsed / self.done * max(self.total - self.done, 0), max(self.deadline - time.monotonic(), 0))
+        filled = int(20 * min(self.done, self.total) / self.total)
+        best = f"{self.best * 1e6:.1f} us" if self.best < math.inf else "-"
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (20 - filled)}] {min(self.done, self.total)}/"
+                          f"{self.total} trials, best {best}, ETA {eta:.0f} s ")
+        self.stream.flush()
+
+
+def _search_callback(progress: _Progress):
+    """A MetaSchedule measure callback feeding the progress line, which also ends the search
+    at the spec's deadline (MetaSchedule itself only knows trial counts)."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     @derived_object
     class Progress(PyMeasureCallback):
-        def __init__(self):
-            self.done, self.best, self.start = 0, math.inf, time.monotonic()
-
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
             for result in runner_results:
-                self.done += 1
-                if not result.error_msg and result.run_secs:
-                    self.best = min(self.best, sum(float(t) for t in result.run_secs) / len(result.run_secs))
-            elapsed = time.monotonic() - self.start
-            eta = elapsed / max(self.done, 1) * max(total - self.done, 0)
-            filled = int(20 * min(self.done, total) / total)
-            best = f"{self.best * 1e6:.1f} us" if self.best < math.inf else "-"
-            stream.write(f"\r{label} [{'#' * filled}{'.' * (20 - filled)}] {min(self.done, total)}/{total} trials, "
-                         f"best {best}, ETA {eta:.0f} s ")
-            stream.flush()
+                progress.add(None if result.error_msg else result.run_secs)
+            if progress.expired():
+                task_scheduler.terminate_task(task_id)
 
     return Progress()
+
+
+@contextlib.contextmanager
+def _graceful_interrupt(stream: TextIO | None):
+    """Turns the first Ctrl-C into a request to stop after the candidate being measured: raised
+    inside TVM's C++ (a build, a timing run) it would surface as a bare RuntimeError. The
+    second Ctrl-C interrupts at once. Yields the stop event; raises KeyboardInterrupt at the end
+    if it was set."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        if stream is not None:
+            stream.write("\ninterrupt: stopping after the current measurement (Ctrl-C again to stop now)\n")
+            stream.flush()
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if stop.is_set():
+        raise KeyboardInterrupt("tuning interrupted; the records measured so far are kept")
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path, stream: TextIO | None):
+    """Holds the folder's tuning lock. MetaSchedule numbers workloads by their line in the
+    workload file, so two tuners appending to one database would cross their records; two
+    tuners measuring on one machine would also skew each other's timings. The lock is an
+    advisory `flock`, released by the OS if the holder dies."""
+    import fcntl
+
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if stream is not None:
+                stream.write(f"waiting for another tuner using {folder}\n")
+                stream.flush()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _open_for_tuning(folder: Path):
@@ -244,34 +381,130 @@ def _open_for_tuning(folder: Path):
         return open_database()
 
 
+def _sweep(spec, mod, rule, target, database, workload, measure, trials, progress, favored) -> tuple | None:
+    """Measures the template's knob combinations (its default first, then the combinations
+    that won on earlier specs, then the rest) until `trials` or the deadline; each record is
+    committed as soon as it is measured. Returns the knob values of the fastest, if any."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedules.common import forced_knobs, knob_space
+
+    def scheduled(decisions):
+        sch = s_tir.Schedule(mod)
+        with forced_knobs(decisions) as plan:
+            rule.schedule(sch, spec, target)
+        return sch, tuple(plan.values)
+
+    measured = {str(r.trace) for r in database.get_top_k(workload, 1 << 30)}
+    candidates = [scheduled(d) for d in knob_space(lambda: rule.schedule(s_tir.Schedule(mod), spec, target))]
+    rank = {values: i for i, values in enumerate(favored)}
+    candidates[1:] = sorted(candidates[1:], key=lambda c: rank.get(c[1], len(rank)))
+    candidates = [c for c in candidates if str(c[0].trace) not in measured][:trials]
+    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    best, best_values = math.inf, None
+    for start in range(0, len(candidates), measure.batch):
+        if progress.expired():
+            break
+        batch = candidates[start:start + measure.batch]
+        for (sch, values), run_secs in zip(batch, measure([sch.mod for sch, _ in batch])):
+            progress.add(run_secs)
+            if not run_secs:
+                continue
+            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run_secs, target, args_info))
+            if _mean(run_secs) < best:
+                best, best_values = _mean(run_secs), values
+    return best_values
+
+
+def _search(mod, rule, spec, target, database, builder, runner, trials, progress) -> None:
+    """MetaSchedule's evolutionary search over the template's knobs together with its own
+    generated space, warm-started from the records in the database."""
+    from tvm.s_tir import meta_schedule as ms
+
+    def template(sch):
+        rule.schedule(sch, spec, target)
+
+    space = ms.space_generator.SpaceGeneratorUnion([
+        ms.space_generator.ScheduleFn(template, sch_rules=[], postprocs="from-target", mutator_probs="from-target"),
+        ms.space_generator.PostOrderApply(),
+    ])
+    callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _search_callback(progress)]
+    with tempfile.TemporaryDirectory(prefix="dwconv-tvm-tune-") as work_dir, _metaschedule_logging():
+        ms.tune_tir(
+            mod, target, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, 8),
+            builder=builder, runner=runner, database=database, space=space, measure_callbacks=callbacks,
+        )
+
+
+def _parse_tracker(rpc_tracker: str | None, rpc_key: str | None):
+    if rpc_tracker is None:
+        if rpc_key is not None:
+            raise ValueError("`rpc_key` needs `rpc_tracker` ('host:port').")
+        return None
+    host, _, port = str(rpc_tracker).rpartition(":")
+    if not host or not port.isdigit() or not rpc_key:
+        raise ValueError(
+            "`rpc_tracker` must be 'host:port' and `rpc_key` the device key registered with it. "
+            f"Received: rpc_tracker={rpc_tracker!r}, rpc_key={rpc_key!r}"
+        )
+    return host, int(port), str(rpc_key)
+
+
+def _check_budget(trials, time_budget_s) -> tuple[int, float]:
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+        raise ValueError(f"`trials` must be a positive int or None. Received: trials={trials!r}")
+    if time_budget_s is not None and (
+        isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float)) or not time_budget_s > 0
+    ):
+        raise ValueError(f"`time_budget_s` must be a positive number of seconds or None. Received: {time_budget_s!r}")
+    if trials is None:
+        trials = 64 if time_budget_s is None else 1 << 30
+    return trials, math.inf if time_budget_s is None else float(time_budget_s)
+
+
 def tune(
     specs: DepthwiseSpec | Sequence[DepthwiseSpec],
     target: TargetLike = "host",
-    trials: int = 64,
+    trials: int | None = 64,
+    time_budget_s: float | None = None,
     log_dir: str | Path | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
     builder_timeout_s: float = 120.0,
     progress: TextIO | None = None,
+    curve: str | Path | None = None,
 ) -> Path:
-    """Tunes each spec for `target` and appends the records to the target's database.
+    """Tunes each spec for `target` and adds the records to the target's database.
 
-    Existing records are kept and the search resumes from them (MetaSchedule warm-starts from
-    the database). MetaSchedule's own logs go to a temporary work folder.
+    Per spec, first the template's knob combinations are measured (its default first, then
+    the combinations that won on earlier specs), then MetaSchedule's evolutionary search (XGBoost
+    cost model) runs over the template together with MetaSchedule's generated space for the
+    trials left. Existing records are kept; a resumed run skips what was measured and the
+    search warm-starts from the records. Each record is written as soon as it is measured.
 
     Args:
         specs: One spec or a list.
-        target: The target to tune for (measured on this machine).
-        trials: Measured candidates per spec.
+        target: The target to tune for.
+        trials: Measured candidates per spec (None: no limit but the time budget).
+        time_budget_s: Wall-clock budget for all specs, shared out evenly (time a spec leaves
+            unused passes to the next).
         log_dir: Database folder (default: the user log folder of the target).
-        builder_timeout_s: Per-candidate build timeout.
+        rpc_tracker: `"host:port"` of a TVM RPC tracker: measure on the devices registered
+            under `rpc_key` (kernels are built here, for `target`). Default: this machine.
+        rpc_key: The device key at the tracker.
+        builder_timeout_s: Per-candidate build timeout of the search phase.
         progress: A stream (e.g. `sys.stderr`) for a progress line per spec, or None.
+        curve: Where to write the tuning curve (best latency vs trials per spec) as a PNG plot
+            (needs matplotlib) plus its data as `<curve>.json`, or None.
 
     Returns:
         The database folder.
 
     Raises:
         ValueError: On a bad argument.
+        ImportError: If `curve` is given and matplotlib is not installed.
     """
-    from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     from .schedules import for_target
@@ -280,48 +513,82 @@ def tune(
         specs = [specs]
     if not specs or not all(isinstance(s, DepthwiseSpec) for s in specs):
         raise ValueError("`specs` must be a DepthwiseSpec or a non-empty list of them.")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"`trials` must be a positive int. Received: trials={trials!r}")
+    trials, budget = _check_budget(trials, time_budget_s)
+    tracker = _parse_tracker(rpc_tracker, rpc_key)
+    if curve is not None:
+        import matplotlib  # noqa: F401  (fail before tuning, not after)
     tgt = resolve_target(target)
     rule = for_target(tgt)
     if rule is None:
         raise ValueError(f"No schedule template for target kind '{tgt.kind.name}'.")
     folder = Path(log_dir) if log_dir is not None else user_log_dir(tgt)
     folder.mkdir(parents=True, exist_ok=True)
-    database = _open_for_tuning(folder)
-    builder = ms.builder.LocalBuilder(f_build=_f_build, timeout_sec=builder_timeout_s)
-    runner = ms.runner.LocalRunner()
-    for index, spec in enumerate(specs, start=1):
-        mod = depthwise_module(spec)
-        workload = database.commit_workload(mod)
-        if not database.get_top_k(workload, 1):
-            # The template's untuned schedule enters the database first: the search can only
-            # add faster records, so the best record is never slower than the default.
-            sch = s_tir.Schedule(mod)
-            rule.schedule(sch, spec, tgt)
-            seconds = _measure(sch.mod, tgt, builder, runner)
-            if seconds:
-                database.commit_tuning_record(ms.database.TuningRecord(
-                    sch.trace, workload, seconds, tgt, ms.arg_info.ArgInfo.from_prim_func(mod["main"]),
-                ))
 
-        def template(sch, spec=spec):
-            rule.schedule(sch, spec, tgt)
+    @functools.cache
+    def tools():
+        """MetaSchedule's builder and runner, made on first need: each starts a worker pool
+        (about 2 s), which a sweep measured in-process never uses."""
+        builder = ms.builder.LocalBuilder(f_build=_f_build, timeout_sec=builder_timeout_s)
+        evaluator = ms.runner.EvaluatorConfig(**EVALUATOR, enable_cpu_cache_flush=False)
+        if tracker is None:
+            return builder, ms.runner.LocalRunner(evaluator_config=evaluator)
+        config = ms.runner.RPCConfig(*tracker, session_timeout_sec=60)
+        return builder, ms.runner.RPCRunner(config, evaluator_config=evaluator)
 
-        space = ms.space_generator.SpaceGeneratorUnion([
-            ms.space_generator.ScheduleFn(template, sch_rules=[], postprocs="from-target", mutator_probs="from-target"),
-            ms.space_generator.PostOrderApply(),
-        ])
-        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
-        if progress is not None:
-            callbacks.append(_progress_callback(f"[{index}/{len(specs)}] {spec.key}", trials, progress))
-        with tempfile.TemporaryDirectory(prefix="dwconv-tvm-tune-") as work_dir, _metaschedule_logging():
-            ms.tune_tir(
-                mod, tgt, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, 32),
-                builder=builder, runner=runner, database=database, space=space,
-                measure_callbacks=callbacks,
-            )
-        if progress is not None:
-            progress.write("\n")
-    _database.cache_clear()
+    end = time.monotonic() + budget
+    favored: list[tuple] = []
+    curves = {}
+    with _graceful_interrupt(progress) as stop:
+        for index, spec in enumerate(specs, start=1):
+            if stop.is_set():
+                break
+            deadline = time.monotonic() + (end - time.monotonic()) / (len(specs) - index + 1)
+            tracker_of_spec = _Progress(f"[{index}/{len(specs)}] {spec.key}", trials, deadline, progress, stop)
+            curves[spec.key] = tracker_of_spec.curve
+            mod = depthwise_module(spec)
+            with _exclusive(folder, progress):
+                database = _open_for_tuning(folder)
+                workload = database.commit_workload(mod)
+                measure = _InProcess(mod, tgt) if tracker is None else _ThroughRunner(mod, tgt, *tools())
+                winner = _sweep(spec, mod, rule, tgt, database, workload, measure, trials, tracker_of_spec, favored)
+                if winner is not None:
+                    favored.insert(0, winner)
+                left = trials - tracker_of_spec.done
+                if left > 0 and not tracker_of_spec.expired():
+                    _search(mod, rule, spec, tgt, database, *tools(), left, tracker_of_spec)
+            if progress is not None:
+                progress.write("\n")
+            _database.cache_clear()
+    if curve is not None:
+        write_curve(curves, Path(curve), title=f"Tuning {target_key(tgt)}")
     return folder
+
+
+def write_curve(curves: dict[str, list[tuple[int, float, float]]], path: Path, title: str) -> None:
+    """Plots best latency vs trials per spec to `path` (PNG) and writes the points next to it.
+
+    Args:
+        curves: Per spec key, `(trial, seconds since the spec started, best latency)` points.
+        path: The PNG file; the data goes to `path` with `.json` appended.
+        title: The plot title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, points in curves.items():
+        if points:
+            ax.step([p[0] for p in points], [p[2] * 1e6 for p in points], where="post", label=key)
+    ax.set(xlabel="trials", ylabel="best latency (us)", yscale="log", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    cache.atomic_write_json(path.with_name(path.name + ".json"), {
+        key: [{"trial": t, "seconds": round(e, 3), "best_us": round(b * 1e6, 3)} for t, e, b in points]
+        for key, points in curves.items()
+    })

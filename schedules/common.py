@@ -2,9 +2,66 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+
+
+class KnobPlan:
+    """Decisions forced on a template's knobs, in the order the template draws them, and what
+    the template drew: `sizes[i]` candidates, decision index `chosen[i]`, value `values[i]`."""
+
+    def __init__(self, prefix: tuple[int, ...] = ()):
+        self.prefix = tuple(prefix)
+        self.sizes: list[int] = []
+        self.chosen: list[int] = []
+        self.values: list[int] = []
+
+
+_PLAN: contextvars.ContextVar[KnobPlan | None] = contextvars.ContextVar("dwconv_tvm_knob_plan", default=None)
+
+
+@contextlib.contextmanager
+def forced_knobs(prefix: tuple[int, ...] = ()) -> Iterator[KnobPlan]:
+    """Within the block, the template's first `len(prefix)` knobs take the decision indices in
+    `prefix` (the rest their defaults); the yielded plan records what was drawn."""
+    plan = KnobPlan(prefix)
+    token = _PLAN.set(plan)
+    try:
+        yield plan
+    finally:
+        _PLAN.reset(token)
+
+
+def knob_space(apply: Callable[[], None]) -> list[tuple[int, ...]]:
+    """Every combination of decision indices of a template's knobs, the default one first.
+
+    Args:
+        apply: Runs the template once on a fresh schedule (later knobs may depend on earlier
+            decisions, so the space is walked depth-first, one template run per tree node).
+
+    Returns:
+        Distinct tuples of decision indices, one entry per knob drawn.
+    """
+    with forced_knobs() as plan:
+        apply()
+    default = tuple(plan.chosen)
+    found: list[tuple[int, ...]] = [default]
+    pending: list[tuple[int, ...]] = [()]
+    while pending:
+        prefix = pending.pop()
+        with forced_knobs(prefix) as plan:
+            apply()
+        if len(plan.sizes) == len(prefix):
+            if prefix != default:
+                found.append(prefix)
+            continue
+        pending.extend(prefix + (i,) for i in reversed(range(plan.sizes[len(prefix)])))
+    return found
+
 
 def knob(sch, candidates: list[int], default: int) -> int:
-    """A categorical knob: the decision is `default` unless a tuner changes it.
+    """A categorical knob: the decision is `default` unless a tuner (or `forced_knobs`) changes it.
 
     Args:
         sch: The schedule (concrete or traced).
@@ -16,7 +73,16 @@ def knob(sch, candidates: list[int], default: int) -> int:
     """
     candidates = sorted(set(candidates))
     probs = [1.0 / len(candidates)] * len(candidates)
-    rv = sch.sample_categorical(candidates, probs, decision=candidates.index(default))
+    index = candidates.index(default)
+    plan = _PLAN.get()
+    if plan is not None:
+        position = len(plan.sizes)
+        if position < len(plan.prefix):
+            index = plan.prefix[position]
+        plan.sizes.append(len(candidates))
+        plan.chosen.append(index)
+        plan.values.append(candidates[index])
+    rv = sch.sample_categorical(candidates, probs, decision=index)
     return int(sch.get(rv))
 
 

@@ -1,6 +1,13 @@
 """Tuning with MetaSchedule (tiny trial counts, temporary log folders) and applying records."""
 
+import fcntl
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +56,40 @@ def test_database_files_and_seeded_default(tuned_logs):
     assert len(lines) >= 2  # the measured default plus searched candidates
 
 
+def _records(folder):
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(str(folder / tuning.WORKLOADS), str(folder / tuning.RECORDS))
+    return database.get_all_tuning_records()
+
+
+def test_sweep_measures_the_default_first_and_resumes(tuned_logs, tmp_path):
+    from tvm import s_tir
+
+    from dwconv_tvm.schedules import common, cpu
+
+    with common.forced_knobs() as plan:
+        cpu.schedule(s_tir.Schedule(tuning.depthwise_module(SPEC)), SPEC, dwconv_tvm.resolve_target("host"))
+    first_line = json.loads((tuned_logs / tuning.RECORDS).read_text().splitlines()[0])
+    decisions = [decision for _, decision in first_line[1][0][1]]  # [workload, [[insts, decisions], ...]]
+    assert decisions == plan.chosen
+    first = _records(tuned_logs)
+    copy = tmp_path / "db"
+    shutil.copytree(tuned_logs, copy)
+    tuning.tune(SPEC, "host", trials=3, log_dir=copy)
+    traces = [str(r.trace) for r in _records(copy)]
+    assert len(traces) == len(first) + 3 and len(set(traces)) == len(traces)  # nothing measured twice
+
+
+def test_time_budget_stops_the_sweep(tmp_path):
+    start = time.monotonic()
+    tuning.tune(SPEC, "host", trials=None, time_budget_s=1.5, log_dir=tmp_path / "db")
+    elapsed = time.monotonic() - start
+    # The template alone has 24 knob combinations here (~0.25 s each): the budget cut it short.
+    assert 1 <= len(_records(tmp_path / "db")) < 24
+    assert elapsed < 20
+
+
 def test_no_records_means_default(isolated):
     assert tuning.best_record(SPEC, dwconv_tvm.resolve_target("host")) is None
     assert dwconv_tvm.compile(SPEC).schedule == "default:llvm"
@@ -86,6 +127,10 @@ def test_records_are_per_target(isolated, tuned_logs):
     (dict(specs=[], trials=4), "specs"),
     (dict(specs=SPEC, trials=0), "trials"),
     (dict(specs=SPEC, trials=4, target={"kind": "c"}), "template"),
+    (dict(specs=SPEC, trials=None, time_budget_s=0), "time_budget_s"),
+    (dict(specs=SPEC, rpc_tracker="localhost", rpc_key="k"), "host:port"),
+    (dict(specs=SPEC, rpc_tracker="localhost:9190"), "rpc_key"),
+    (dict(specs=SPEC, rpc_key="k"), "rpc_tracker"),
 ])
 def test_tune_argument_errors(kwargs, needle, tmp_path):
     with pytest.raises(ValueError, match=needle):
@@ -103,25 +148,33 @@ def test_model_sets():
         model_specs("resnet50")
 
 
-def test_cli_tune_then_info(tmp_path):
-    import os
-    import subprocess
-    import sys
+def _cli(*args, env, **kwargs):
+    return subprocess.run([sys.executable, "-m", "dwconv_tvm.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600, **kwargs)
 
+
+def test_cli_tune_search_phase_curve_then_info(tmp_path):
     env = {**os.environ, "DWCONV_TVM_TUNING_LOGS": str(tmp_path / "logs"), "DWCONV_TVM_CACHE": str(tmp_path / "cache")}
     layer = ["--input-shape", "1,8,8,16", "--kernel-size", "3", "--padding", "same"]
-    tune = subprocess.run([sys.executable, "-m", "dwconv_tvm.cli", "tune", *layer, "--trials", "2"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    # 8 template combinations, then MetaSchedule's search for the other 2 trials.
+    tune = _cli("tune", *layer, "--trials", "10", "--curve", str(tmp_path / "curve.png"), env=env)
     assert tune.returncode == 0, tune.stderr
-    assert "2/2 trials" in tune.stderr and "best" in tune.stderr  # the progress line
+    assert "10/10 trials" in tune.stderr and "best" in tune.stderr  # the progress line
     assert "Total trials" not in tune.stdout + tune.stderr  # MetaSchedule's tables stay out
-    info = subprocess.run([sys.executable, "-m", "dwconv_tvm.cli", "info", *layer],
-                          capture_output=True, text=True, env=env, timeout=600)
+    folder = tmp_path / "logs" / dwconv_tvm.target_key("host")
+    assert len(_records(folder)) >= 9
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    (points,) = json.loads((tmp_path / "curve.png.json").read_text()).values()
+    assert [p["trial"] for p in points] == list(range(1, 11))
+    best = [p["best_us"] for p in points]
+    assert best == sorted(best, reverse=True)  # best so far never gets worse
+    info = _cli("info", *layer, env=env)
     assert info.returncode == 0, info.stderr
     assert "tuned (user logs), recorded" in info.stdout
-    bad = subprocess.run([sys.executable, "-m", "dwconv_tvm.cli", "tune", "--model", "nope"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    bad = _cli("tune", "--model", "nope", env=env)
     assert bad.returncode == 2 and "Unknown model" in bad.stderr
+    bad = _cli("tune", *layer, "--time-budget", "soon", env=env)
+    assert bad.returncode == 2 and "--time-budget" in bad.stderr
 
 
 def test_torn_log_line_is_skipped_and_repaired(isolated, tuned_logs, rng):
@@ -162,3 +215,95 @@ def test_tune_sets_an_unusable_log_aside(tmp_path):
     messages = " ".join(str(w.message) for w in caught)
     assert "Dropped 1 damaged" in messages and "renamed" in messages
     assert sorted(p.name.split(".unusable-")[0] for p in folder.glob("*.unusable-*")) == sorted([tuning.RECORDS, tuning.WORKLOADS])
+
+
+def _spawn_tuner(folder, *args, shape="1,30,30,32", stderr=subprocess.PIPE):
+    env = {**os.environ, "DWCONV_TVM_CACHE": str(folder.parent / "cache")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dwconv_tvm.cli", "tune", "--input-shape", shape, "--padding", "same",
+         "--log-dir", str(folder), *args],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+    )
+
+
+def _wait_for_records(folder, count, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = folder / tuning.RECORDS
+        if path.is_file() and len(path.read_text().splitlines()) >= count:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} records in {timeout} s")
+
+
+BIG = DepthwiseSpec.from_keras((1, 30, 30, 32), 3, 1, "same")  # 32 template combinations
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_tuner_keeps_a_loadable_database(sig, tmp_path, isolated, rng):
+    folder = isolated / "user" / dwconv_tvm.target_key("host")
+    proc = _spawn_tuner(folder, "--trials", "200")
+    _wait_for_records(folder, 3, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:  # Ctrl-C: a clean exit that says where the records are
+        assert proc.returncode == 130 and "interrupted" in err and str(folder) in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    kept = len(_records(folder))
+    assert kept >= 3
+    op = dwconv_tvm.compile(BIG)
+    assert op.schedule.startswith("tuned:user:")
+    x = rng.standard_normal(BIG.input_shape).astype(np.float32)
+    k = rng.standard_normal(BIG.kernel_shape).astype(np.float32)
+    b = rng.standard_normal(BIG.bias_shape).astype(np.float32)
+    np.testing.assert_allclose(op(x, k, b), depthwise(x, k, b, padding="same"), atol=1e-4)
+    tuning.tune(BIG, trials=2, log_dir=folder)  # resumes: the kept records stay, two are added
+    assert len(_records(folder)) == kept + 2
+
+
+def test_a_second_tuner_waits_for_the_lock(tmp_path):
+    folder = tmp_path / "db"
+    folder.mkdir()
+    log = tmp_path / "stderr.txt"
+    with open(folder / ".lock", "a+") as held, open(log, "w") as stderr:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another tuner would
+        proc = _spawn_tuner(folder, "--trials", "2", shape="1,8,8,16", stderr=stderr)
+        deadline = time.monotonic() + 120
+        while "waiting for another tuner" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert not (folder / tuning.RECORDS).exists()  # nothing written while the lock is held
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0, log.read_text()
+    assert len(_records(folder)) == 2
+
+
+def test_two_tuners_on_one_folder(tmp_path, isolated, rng):
+    folder = isolated / "user" / dwconv_tvm.target_key("host")
+    small = DepthwiseSpec.from_keras((1, 8, 8, 16), 3, 1, "same")
+    procs = [_spawn_tuner(folder, "--trials", "6"), _spawn_tuner(folder, "--trials", "6", shape="1,8,8,16"),
+             _spawn_tuner(folder, "--trials", "3", shape="1,8,8,16")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert len(_records(folder)) == 15
+    for spec in (BIG, small):  # each record still belongs to its own workload
+        op = dwconv_tvm.compile(spec)
+        assert op.schedule.startswith("tuned:user:")
+        x = rng.standard_normal(spec.input_shape).astype(np.float32)
+        k = rng.standard_normal(spec.kernel_shape).astype(np.float32)
+        b = rng.standard_normal(spec.bias_shape).astype(np.float32)
+        np.testing.assert_allclose(op(x, k, b), depthwise(x, k, b, padding="same"), atol=1e-4)
+
+
+def test_tune_through_an_rpc_tracker(tmp_path):
+    from tvm.s_tir.meta_schedule.testing.local_rpc import LocalRPC
+
+    with LocalRPC(tracker_key="dwconv-test", silent=True) as rpc:
+        tuning.tune(SPEC, "host", trials=3, log_dir=tmp_path / "db",
+                    rpc_tracker=f"{rpc.tracker_host}:{rpc.tracker_port}", rpc_key="dwconv-test")
+    records = _records(tmp_path / "db")
+    assert len(records) == 3 and all(float(s) > 0 for r in records for s in r.run_secs)
