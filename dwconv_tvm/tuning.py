@@ -17,6 +17,7 @@ is never slower than the untuned one as measured.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -123,33 +124,48 @@ def _database(folder: str, records_mtime: float):
             return None
 
 
+def _related(spec: DepthwiseSpec) -> list[DepthwiseSpec]:
+    """Workloads whose records also fit `spec`: itself, then the same convolution with other
+    epilogues (without bias and activation, as model sets are tuned; with bias). The epilogue
+    is fused into the `output` block, so their schedules' traces replay on `spec`."""
+    plain = dataclasses.replace(spec, bias=False, activation=None)
+    return list(dict.fromkeys([spec, plain, dataclasses.replace(plain, bias=True)]))
+
+
 def best_record(spec: DepthwiseSpec, target) -> tuple[object, str, float] | None:
-    """The schedule to use from tuning records, if any: user logs first, then shipped logs.
+    """The schedule to use from tuning records, if any: the spec's own records (user logs, then
+    shipped logs), else those of the same convolution with another epilogue (`_related`).
 
     Args:
         spec: The workload.
         target: A resolved `tvm.target.Target`.
 
     Returns:
-        `(tvm.s_tir.Schedule, source, seconds)` with source `"user"` or `"shipped"`, or None.
+        `(tvm.s_tir.Schedule, source, seconds)` with source `"user"` or `"shipped"` (plus
+        `"-related"` for another epilogue's record), or None.
     """
     from tvm import s_tir
 
+    databases = []
     for source, folder in (("user", user_log_dir(target)), ("shipped", shipped_log_dir(target))):
-        if not _has_records(folder):
-            continue
-        database = _database(str(folder), (folder / RECORDS).stat().st_mtime)
-        if database is None:
-            continue
-        mod = depthwise_module(spec)
-        if not database.has_workload(mod):
-            continue
-        records = database.get_top_k(database.commit_workload(mod), 1)
-        if not records:
-            continue
-        sch = s_tir.Schedule(mod)
-        records[0].trace.apply_to_schedule(sch, remove_postproc=False)
-        return sch, source, _mean(records[0].run_secs)
+        if _has_records(folder):
+            database = _database(str(folder), (folder / RECORDS).stat().st_mtime)
+            if database is not None:
+                databases.append((source, database))
+    for index, candidate in enumerate(_related(spec)):
+        mod = depthwise_module(candidate)
+        for source, database in databases:
+            if not database.has_workload(mod):
+                continue
+            records = database.get_top_k(database.commit_workload(mod), 1)
+            if not records:
+                continue
+            sch = s_tir.Schedule(depthwise_module(spec))
+            try:
+                records[0].trace.apply_to_schedule(sch, remove_postproc=False)
+            except Exception:  # TVM's schedule errors: this record does not fit the spec
+                continue
+            return sch, source if index == 0 else f"{source}-related", _mean(records[0].run_secs)
     return None
 
 
@@ -172,6 +188,7 @@ def _f_build(mod, target, _params):
 # One timing protocol for every measurement, in-process or through a runner: 3 repeats of at
 # least 40 ms each; a record's latency is their mean.
 EVALUATOR = {"number": 1, "repeat": 3, "min_repeat_ms": 40}
+UNLIMITED = 1 << 30  # trials when only a time budget is given
 
 
 def _build_target(target):
@@ -285,11 +302,15 @@ class _Progress:
             self.curve.append((self.done, elapsed, self.best))
         if self.stream is None:
             return
-        eta = min(elapsed / self.done * max(self.total - self.done, 0), max(self.deadline - time.monotonic(), 0))
-        filled = int(20 * min(self.done, self.total) / self.total)
+        left_s = max(self.deadline - time.monotonic(), 0)
+        if self.total >= UNLIMITED:  # a time budget only: the bar shows time
+            eta, fraction, count = left_s, elapsed / max(elapsed + left_s, 1e-9), f"{self.done} trials"
+        else:
+            eta = min(elapsed / self.done * max(self.total - self.done, 0), left_s)
+            fraction, count = min(self.done, self.total) / self.total, f"{min(self.done, self.total)}/{self.total} trials"
+        filled = int(20 * fraction)
         best = f"{self.best * 1e6:.1f} us" if self.best < math.inf else "-"
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (20 - filled)}] {min(self.done, self.total)}/"
-                          f"{self.total} trials, best {best}, ETA {eta:.0f} s ")
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (20 - filled)}] {count}, best {best}, ETA {eta:.0f} s ")
         self.stream.flush()
 
 
@@ -459,7 +480,7 @@ def _check_budget(trials, time_budget_s) -> tuple[int, float]:
     ):
         raise ValueError(f"`time_budget_s` must be a positive number of seconds or None. Received: {time_budget_s!r}")
     if trials is None:
-        trials = 64 if time_budget_s is None else 1 << 30
+        trials = 64 if time_budget_s is None else UNLIMITED
     return trials, math.inf if time_budget_s is None else float(time_budget_s)
 
 

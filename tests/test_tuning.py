@@ -1,5 +1,6 @@
 """Tuning with MetaSchedule (tiny trial counts, temporary log folders) and applying records."""
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -115,6 +116,17 @@ def test_shipped_records_apply_and_user_records_win(isolated, tuned_logs, rng):
     _install(tuned_logs, isolated / "user", host)
     build._memory.clear()
     assert dwconv_tvm.compile(SPEC).schedule.startswith("tuned:user:")
+
+
+def test_records_of_another_epilogue_apply(isolated, rng):
+    # Model sets are tuned without bias and activation; a layer with both reuses those records.
+    plain = dataclasses.replace(SPEC, bias=False, activation=None)
+    host = dwconv_tvm.resolve_target("host")
+    tuning.tune(plain, trials=2, log_dir=tuning.user_log_dir(host))
+    assert tuning.best_record(plain, host)[1] == "user"
+    op = dwconv_tvm.compile(SPEC)
+    assert op.schedule.startswith("tuned:user-related:")
+    _check_numerics(op, rng)
 
 
 def test_records_are_per_target(isolated, tuned_logs):
