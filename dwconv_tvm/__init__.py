@@ -10,7 +10,8 @@ from .targets import configure_host_threads
 
 configure_host_threads()  # before TVM's thread pool first starts
 
-from .build import compile, export  # noqa: A004, E402
+from .build import compile  # noqa: A004, E402
+from .deploy import export, load  # noqa: E402
 from .layer import DepthwiseConv2D  # noqa: E402
 from .runtime import CompiledOp  # noqa: E402
 from .spec import DepthwiseSpec  # noqa: E402
@@ -25,6 +26,7 @@ __all__ = [
     "DepthwiseSpec",
     "compile",
     "export",
+    "load",
     "resolve_target",
     "target_key",
     "tune",

@@ -90,7 +90,7 @@ def kernel_path(spec: DepthwiseSpec, target, schedule_name: str, root: Path | No
     return root / "kernels" / target_key(target) / f"{spec.key}-{digest}.so"
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -107,13 +107,13 @@ def _load_cached(path: Path, spec: DepthwiseSpec, target_text: str) -> CompiledO
         return None
     # dlopen of a truncated or altered library can kill the process (SIGBUS), so the bytes are
     # checked against what was written before TVM sees them.
-    if sidecar.get("sha256") != _file_digest(path):
+    if sidecar.get("sha256") != file_digest(path):
         warnings.warn(f"Ignoring cache entry {path}: the library does not match its checksum.", stacklevel=3)
         return None
-    return CompiledOp(_load_library(path, target_text), spec, target_text, sidecar.get("schedule", "unknown"), path)
+    return CompiledOp(load_library(path, target_text), spec, target_text, sidecar.get("schedule", "unknown"), path)
 
 
-def _checked_target(spec: DepthwiseSpec, target: TargetLike):
+def checked_target(spec: DepthwiseSpec, target: TargetLike):
     """Validates the public entry points' arguments; returns the resolved target."""
     if not isinstance(spec, DepthwiseSpec):
         raise TypeError(f"`spec` must be a DepthwiseSpec. Received: {type(spec).__name__}")
@@ -142,48 +142,49 @@ def build_executable(spec: DepthwiseSpec, target, scheduled: tuple | None = None
     return tvm.compile(mod, target=target), schedule_name
 
 
-def write_library(executable, spec: DepthwiseSpec, target_text: str, schedule_name: str, path: Path) -> Path:
-    """Writes the shared library and its JSON sidecar atomically (library first, sidecar last,
-    so a sidecar always describes a complete library)."""
+def write_library(executable, spec: DepthwiseSpec, target_text: str, schedule_name: str, path: Path,
+                  fcompile=None) -> Path:
+    """Writes the library and its JSON sidecar atomically (library first, sidecar last, so a
+    sidecar always describes a complete library). The sidecar says what a runtime needs to
+    call it: entry function, argument order, shapes, dtypes and layouts.
+
+    Args:
+        executable: What `build_executable` returned.
+        spec: The workload.
+        target_text: The canonical target text.
+        schedule_name: The schedule it was made with.
+        path: The library path; `.so` links a shared library, `.tar` packs the object files.
+        fcompile: TVM's linker callback (a cross compiler), or None for the host's.
+
+    Returns:
+        `path`.
+    """
+    from . import __version__
+    from .compute import kernel_arguments
+
     path = Path(path)
-    cache.atomic_write(path, lambda tmp: executable.export_library(str(tmp)), suffix=path.suffix or ".so")
+    extra = {} if fcompile is None else {"fcompile": fcompile}
+    cache.atomic_write(path, lambda tmp: executable.export_library(str(tmp), **extra), suffix=path.suffix or ".so")
     cache.atomic_write_json(
         path.with_suffix(".json"),
         {
-            "sha256": _file_digest(path),
+            "format": 1,
+            "library": path.name,
+            "kind": "object-archive" if path.suffix == ".tar" else "shared-library",
+            "sha256": file_digest(path),
             "spec": spec.to_dict(),
             "target": target_text,
             "tvm_version": _tvm_version(),
+            "dwconv_tvm_version": __version__,
             "schedule": schedule_name,
             "entry": CompiledOp.entry,
+            "arguments": kernel_arguments(spec),
         },
     )
     return path
 
 
-def export(spec: DepthwiseSpec, path: str | Path, target: TargetLike = "host") -> Path:
-    """Compiles `spec` for `target` and writes `path` (shared library) plus `path.json`.
-
-    Works for targets this machine cannot run, e.g. CUDA without a GPU (nvcc links the .so).
-
-    Args:
-        spec: The workload.
-        path: Where the shared library goes (a `.json` sidecar is written beside it).
-        target: Anything `resolve_target` accepts.
-
-    Returns:
-        The library path.
-
-    Raises:
-        TypeError: If `spec` is not a `DepthwiseSpec`.
-        ValueError: If the target is invalid or unsupported.
-    """
-    tgt = _checked_target(spec, target)
-    executable, schedule_name = build_executable(spec, tgt)
-    return write_library(executable, spec, str(tgt), schedule_name, Path(path))
-
-
-def _load_library(path: Path, target_text: str):
+def load_library(path: Path, target_text: str):
     import tvm
 
     try:
@@ -224,7 +225,7 @@ def _build(spec: DepthwiseSpec, target, path: Path | None, scheduled: tuple) -> 
     if path is None:
         return CompiledOp(executable.mod, spec, target_text, schedule_name)
     write_library(executable, spec, target_text, schedule_name, path)
-    return CompiledOp(_load_library(path, target_text), spec, target_text, schedule_name, path)
+    return CompiledOp(load_library(path, target_text), spec, target_text, schedule_name, path)
 
 
 def compile(spec: DepthwiseSpec, target: TargetLike = "host", *, use_cache: bool = True) -> CompiledOp:  # noqa: A001
@@ -242,7 +243,7 @@ def compile(spec: DepthwiseSpec, target: TargetLike = "host", *, use_cache: bool
         TypeError: If `spec` is not a `DepthwiseSpec`.
         ValueError: If the target is invalid or unsupported.
     """
-    tgt = _checked_target(spec, target)
+    tgt = checked_target(spec, target)
     target_text = str(tgt)
     key = (spec, target_text)
     op = _memory.get(key)

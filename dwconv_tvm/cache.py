@@ -31,7 +31,8 @@ def cache_root() -> Path:
 def _temporary_beside(path: Path, suffix: str) -> Iterator[Path]:
     """A temporary path in `path`'s folder; removed unless the caller renamed it away."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix + ".tmp", dir=path.parent)
+    # The real suffix last: writers such as export_library choose their format by it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -1,4 +1,4 @@
-"""`dwconv-tvm` command line: demo, bench, tune, info, targets."""
+"""`dwconv-tvm` command line: demo, bench, tune, info, compile, targets."""
 
 from __future__ import annotations
 
@@ -144,18 +144,44 @@ def _info(args: argparse.Namespace) -> int:
     if args.model or args.input_shape:
         for spec in _specs_from_args(args):
             found = best_record(spec, tgt)
-            used = f"tuned ({found[1]} logs), recorded {found[2] * 1e6:.1f} us" if found else "hand-written default"
+            if found is None:
+                used = "hand-written default"
+            else:
+                source, _, related = found[1].partition("-")
+                via = ", the record of the same convolution with another epilogue" if related else ""
+                used = f"tuned ({source} logs{via}), recorded {found[2] * 1e6:.1f} us"
             print(f"{spec.key}: {used}")
     return 0
 
 
 def _targets(_: argparse.Namespace) -> int:
-    from .targets import NAMED_TARGETS, resolve_target
+    from .targets import NAMED_TARGETS, resolve_target, target_key
 
-    for name, text in NAMED_TARGETS.items():
+    for name, (about, _) in NAMED_TARGETS.items():
         resolved = resolve_target(name)
-        print(f"{name:8s} {text}\n         {resolved}")
-    print("any TVM target JSON dict or string is accepted as well")
+        print(f"{name:14s} {about}\n{'':14s} key {target_key(resolved)}: {resolved}")
+    print("Also: 'cuda:sm_90' (or --arch sm_90), any TVM target string or tag, any TVM target JSON dict.")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    import json
+
+    from .deploy import export, read_sidecar
+    from .targets import named_target
+
+    specs = _specs_from_args(args)
+    if args.model:
+        raise ValueError("`compile` builds one layer: give `--input-shape` and the layer's arguments, not `--model`.")
+    target = named_target(args.target, args.arch) if args.arch else args.target
+    if target is None:
+        raise ValueError(f"`--arch` applies to the cuda target only. Received: --target {args.target!r}")
+    path = export(specs[0], args.output, target)
+    sidecar = read_sidecar(path)
+    arguments = ", ".join(f"{a['name']}{tuple(a['shape'])}" for a in sidecar["arguments"])
+    print(f"wrote {path} and {path.with_suffix('.json').name}: {sidecar['entry']}({arguments}) {sidecar['spec']['dtype']}, "
+          f"schedule {sidecar['schedule']}")
+    print(f"target: {json.loads(sidecar['target']) if sidecar['target'].startswith('{') else sidecar['target']}")
     return 0
 
 
@@ -189,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_arguments(info)
     info.add_argument("--target", default="host")
     info.set_defaults(func=_info)
+    compile_cmd = sub.add_parser("compile", help="compile one layer for a target: a library plus a JSON sidecar")
+    _add_spec_arguments(compile_cmd)
+    compile_cmd.add_argument("--target", default="host", help="a named target (see `targets`), TVM string or JSON")
+    compile_cmd.add_argument("--arch", default=None, help="CUDA arch for --target cuda, e.g. sm_90")
+    compile_cmd.add_argument("-o", "--output", required=True, help="the library to write, e.g. dw.so")
+    compile_cmd.set_defaults(func=_compile)
     targets = sub.add_parser("targets", help="list named targets")
     targets.set_defaults(func=_targets)
     return parser

@@ -37,6 +37,23 @@ def index_dtype(spec: DepthwiseSpec) -> str:
     return "int64" if spec.max_elements > _INT32_MAX else "int32"
 
 
+def kernel_arguments(spec: DepthwiseSpec) -> list[dict]:
+    """The compiled kernel's calling convention, as exported in sidecars: its arguments in
+    order (`x`, `kernel`, `bias` when the spec has one, then `out`, written by the kernel), each
+    a dense C-order tensor of the given shape, dtype and layout."""
+    layout = spec.layout
+    arguments = [
+        {"name": "x", "shape": list(spec.input_shape), "layout": layout},
+        {"name": "kernel", "shape": list(spec.kernel_shape), "layout": "HWCM"},
+    ]
+    if spec.bias:
+        arguments.append({"name": "bias", "shape": list(spec.bias_shape), "layout": "C"})
+    arguments.append({"name": "out", "shape": list(spec.output_shape), "layout": layout, "output": True})
+    for argument in arguments:
+        argument["dtype"] = spec.dtype
+    return arguments
+
+
 def depthwise_tensors(spec: DepthwiseSpec) -> list:
     """TE placeholders and stages of `spec`, in kernel argument order.
 

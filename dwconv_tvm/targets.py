@@ -49,18 +49,44 @@ def host_target_dict() -> dict:
     return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": host_cores()}
 
 
-NAMED_TARGETS: dict[str, str] = {
-    "host": "this machine's CPU: detected model (mcpu) and core count",
-    "cuda": "NVIDIA GPU; pass arch via a dict, e.g. {'kind': 'cuda', 'arch': 'sm_90'}",
+# name -> (what it is, its TVM target dict; None: detected here)
+NAMED_TARGETS: dict[str, tuple[str, dict | None]] = {
+    "host": ("this machine's CPU: detected model (mcpu) and usable core count", None),
+    "x86-64-avx2": ("any x86-64 CPU with AVX2 and FMA (Haswell, Zen and later)",
+                    {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}),
+    "x86-64-avx512": ("x86-64 with AVX-512 (Skylake-SP, Ice Lake, Sapphire Rapids, Zen 4)",
+                      {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}),
+    "aarch64": ("64-bit Arm Linux with NEON, Cortex-A72 class (Raspberry Pi 4, Graviton 1), cross-compiled",
+                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}),
+    "cuda": ("NVIDIA GPU, sm_80 unless an arch is given (`--arch sm_90`, or 'cuda:sm_90')",
+             {"kind": "cuda", "arch": "sm_80"}),
 }
 
 
-def _named(name: str) -> dict | None:
-    if name == "host":
-        return host_target_dict()
-    if name == "cuda":
-        return {"kind": "cuda", "arch": "sm_80"}
-    return None
+def named_target(name: str, arch: str | None = None) -> dict | None:
+    """The TVM target dict of a named target (`cuda:sm_90` names an arch), or None.
+
+    Args:
+        name: One of `NAMED_TARGETS`, or `cuda:<arch>`.
+        arch: A CUDA arch (`sm_90`) overriding the named one.
+
+    Returns:
+        A new dict, or None if `name` is not a named target.
+
+    Raises:
+        ValueError: If `arch` is given for a CPU target or is not of the form `sm_XX`.
+    """
+    base, _, named_arch = name.partition(":")
+    if base not in NAMED_TARGETS or (named_arch and base != "cuda"):
+        return None
+    arch = arch or named_arch or None
+    if arch is not None and (base != "cuda" or not arch.startswith("sm_") or not arch[3:].isdigit()):
+        raise ValueError(f"`arch` must be a CUDA arch such as 'sm_90', for the cuda target. Received: {arch!r}")
+    found = NAMED_TARGETS[base][1]
+    target = host_target_dict() if found is None else dict(found)
+    if arch is not None:
+        target["arch"] = arch
+    return target
 
 
 @functools.lru_cache(maxsize=64)
@@ -77,7 +103,8 @@ def resolve_target(target: TargetLike = "host"):
     """Turns a target name, JSON dict or string, or `tvm.target.Target` into a Target.
 
     Args:
-        target: `"host"`, `"cuda"`, a TVM target string or tag (e.g. `"llvm"`), a JSON dict
+        target: A named target (`NAMED_TARGETS`: `"host"`, `"x86-64-avx2"`, `"x86-64-avx512"`,
+            `"aarch64"`, `"cuda"`, `"cuda:sm_90"`), a TVM target string or tag, a JSON dict
             (`{"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 4}`), its JSON text, or a
             `tvm.target.Target`.
 
@@ -95,7 +122,7 @@ def resolve_target(target: TargetLike = "host"):
     if isinstance(target, tvm.target.Target):
         return target
     if isinstance(target, str):
-        named = _named(target)
+        named = named_target(target)
         if named is not None:
             target = named
         elif target.lstrip().startswith("{"):
@@ -108,8 +135,8 @@ def resolve_target(target: TargetLike = "host"):
                 return tvm.target.Target(target)
             except Exception as err:
                 raise ValueError(
-                    f"Invalid `target`: {target!r}. Expected 'host', 'cuda', a TVM target "
-                    f"string or tag, or a JSON dict. TVM said: {str(err).splitlines()[-1]}"
+                    f"Invalid `target`: {target!r}. Expected a named target ({', '.join(NAMED_TARGETS)}), "
+                    f"a TVM target string or tag, or a JSON dict. TVM said: {str(err).splitlines()[-1]}"
                 ) from None
     if isinstance(target, dict):
         return _resolve_cached(json.dumps(target, sort_keys=True))
