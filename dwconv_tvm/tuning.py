@@ -185,10 +185,30 @@ def _f_build(mod, target, _params):
     return tvm.tirx.build(mod, target=target)
 
 
-# One timing protocol for every measurement, in-process or through a runner: 3 repeats of at
-# least 40 ms each; a record's latency is their mean.
+# One timing protocol for every record: 3 repeats of at least 40 ms each; a record's latency is
+# their mean. On CPUs each repeat times Python calls of the kernel on NumPy arrays, as
+# `CompiledOp` calls it: TVM's time_evaluator loops in C++ with the thread pool kept hot, and
+# ranked some schedules that wake the pool differently as faster than they are in use.
 EVALUATOR = {"number": 1, "repeat": 3, "min_repeat_ms": 40}
 UNLIMITED = 1 << 30  # trials when only a time budget is given
+CONFIRMED = 3  # the search's best new candidates, re-measured with the sweep's protocol
+
+
+def _time_calls(fn, args) -> list[float]:
+    """Seconds per call of `fn(*args)`, one mean per repeat of `EVALUATOR`."""
+    for _ in range(3):
+        fn(*args)
+    results = []
+    for _ in range(EVALUATOR["repeat"]):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn(*args)
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= EVALUATOR["min_repeat_ms"] / 1e3:
+                break
+        results.append(elapsed / calls)
+    return results
 
 
 def _build_target(target):
@@ -201,8 +221,8 @@ def _build_target(target):
 class _InProcess:
     """Builds and times candidates in this process, reusing one set of arguments: ~0.1 s to
     build and ~0.15 s to time one candidate, where a round trip through MetaSchedule's worker
-    pools costs seconds. Used for the template's own (tested) schedules only; MetaSchedule's
-    generated candidates run in its sandboxed runner."""
+    pools costs seconds. Used for the template's own (tested) schedules, and to re-measure
+    search candidates that already ran in MetaSchedule's sandboxed runner."""
 
     batch = 1
 
@@ -212,12 +232,14 @@ class _InProcess:
         from tvm.s_tir import meta_schedule as ms
 
         self.target = _build_target(target)
-        self.device = tvm.cpu() if target.kind.name == "llvm" else tvm.device(target.kind.name, 0)
+        self.on_cpu = target.kind.name == "llvm"
+        self.device = tvm.cpu() if self.on_cpu else tvm.device(target.kind.name, 0)
         rng = np.random.default_rng(0)
-        self.args = [
-            tvm.runtime.tensor(rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(str(info.dtype)), self.device)
+        arrays = [
+            rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(str(info.dtype))
             for info in ms.arg_info.ArgInfo.from_prim_func(mod["main"])
         ]
+        self.args = arrays if self.on_cpu else [tvm.runtime.tensor(a, self.device) for a in arrays]
 
     def __call__(self, mods) -> list[list[float] | None]:
         import tvm
@@ -225,8 +247,11 @@ class _InProcess:
         results = []
         for mod in mods:
             lib = tvm.tirx.build(mod, target=self.target)
-            timer = lib.time_evaluator("main", self.device, **EVALUATOR)
-            results.append([float(t) for t in timer(*self.args).results])
+            if self.on_cpu:
+                results.append(_time_calls(lib["main"], self.args))
+            else:
+                timer = lib.time_evaluator("main", self.device, **EVALUATOR)
+                results.append([float(t) for t in timer(*self.args).results])
         return results
 
 
@@ -438,14 +463,24 @@ def _sweep(spec, mod, rule, target, database, workload, measure, trials, progres
     return best_values
 
 
-def _search(mod, rule, spec, target, database, builder, runner, trials, progress) -> None:
+def _search(mod, rule, spec, target, database, workload, measure, builder, runner, trials, progress) -> None:
     """MetaSchedule's evolutionary search over the template's knobs together with its own
-    generated space, warm-started from the records in the database."""
+    generated space, warm-started from the records in the database. It runs on a scratch copy
+    of the records (its runner times differently from the sweep); its best new candidates are
+    then re-measured with the sweep's protocol and only those records are committed."""
+    from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     def template(sch):
         rule.schedule(sch, spec, target)
 
+    scratch = ms.database.MemoryDatabase()
+    scratch_workload = scratch.commit_workload(mod)
+    known = set()
+    for record in database.get_top_k(workload, 64):
+        known.add(str(record.trace))
+        scratch.commit_tuning_record(ms.database.TuningRecord(
+            record.trace, scratch_workload, record.run_secs, record.target, record.args_info))
     space = ms.space_generator.SpaceGeneratorUnion([
         ms.space_generator.ScheduleFn(template, sch_rules=[], postprocs="from-target", mutator_probs="from-target"),
         ms.space_generator.PostOrderApply(),
@@ -454,8 +489,16 @@ def _search(mod, rule, spec, target, database, builder, runner, trials, progress
     with tempfile.TemporaryDirectory(prefix="dwconv-tvm-tune-") as work_dir, _metaschedule_logging():
         ms.tune_tir(
             mod, target, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, 8),
-            builder=builder, runner=runner, database=database, space=space, measure_callbacks=callbacks,
+            builder=builder, runner=runner, database=scratch, space=space, measure_callbacks=callbacks,
         )
+    found = [r for r in scratch.get_top_k(scratch_workload, 1 << 30) if str(r.trace) not in known]
+    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    for record in found[:CONFIRMED]:
+        sch = s_tir.Schedule(mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        (run_secs,) = measure([sch.mod])
+        if run_secs:
+            database.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, run_secs, target, args_info))
 
 
 def _parse_tracker(rpc_tracker: str | None, rpc_key: str | None):
@@ -576,13 +619,20 @@ def tune(
                     favored.insert(0, winner)
                 left = trials - tracker_of_spec.done
                 if left > 0 and not tracker_of_spec.expired():
-                    _search(mod, rule, spec, tgt, database, *tools(), left, tracker_of_spec)
+                    _search(mod, rule, spec, tgt, database, workload, measure, *tools(), left, tracker_of_spec)
             if progress is not None:
                 progress.write("\n")
             _database.cache_clear()
     if curve is not None:
         write_curve(curves, Path(curve), title=f"Tuning {target_key(tgt)}")
     return folder
+
+
+def _short_label(key: str) -> str:
+    """`nhwc_n1_h112_w112_c32_k3x3_s1x1_...` -> `112x112x32 k3x3 s1x1` (plus the batch if > 1)."""
+    parts = dict((p[0], p[1:]) for p in key.split("_")[1:7])
+    batch = f" batch {parts['n']}" if parts.get("n", "1") != "1" else ""
+    return f"{parts.get('h')}x{parts.get('w')}x{parts.get('c')} k{parts.get('k')} s{parts.get('s')}{batch}"
 
 
 def write_curve(curves: dict[str, list[tuple[int, float, float]]], path: Path, title: str) -> None:
@@ -598,13 +648,13 @@ def write_curve(curves: dict[str, list[tuple[int, float, float]]], path: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     for key, points in curves.items():
         if points:
-            ax.step([p[0] for p in points], [p[2] * 1e6 for p in points], where="post", label=key)
+            ax.step([p[0] for p in points], [p[2] * 1e6 for p in points], where="post", label=_short_label(key))
     ax.set(xlabel="trials", ylabel="best latency (us)", yscale="log", title=title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     cache.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
