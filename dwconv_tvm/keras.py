@@ -1,0 +1,232 @@
+"""Keras 3 interop: a `keras.layers.DepthwiseConv2D` whose inference runs our kernel, a helper
+that swaps it into a model, and BatchNorm folding.
+
+    >>> import keras, dwconv_tvm.keras
+    >>> model = dwconv_tvm.keras.swap_depthwise(keras.applications.MobileNetV2(weights=None))
+
+Only inference goes through the TVM kernel: calls with `training=True`, calls that record
+gradients, and symbolic calls (model building, tracing) run Keras's own implementation, so
+training and saving behave exactly as in Keras.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from .activations import ALIASES, FUSED_ACTIVATIONS, POST_ACTIVATIONS
+from .build import compile as compile_spec
+from .spec import DepthwiseSpec
+from .targets import TargetLike
+
+
+def _fusable(activation) -> str | None:
+    """The name of a Keras activation the kernel can apply, or None (applied after it)."""
+    try:
+        name = keras.activations.serialize(activation)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(name, str):
+        return None
+    name = ALIASES.get(name, name)
+    return name if name in FUSED_ACTIVATIONS or name in POST_ACTIVATIONS or name == "linear" else None
+
+
+def _records_gradients(inputs, layer) -> bool:
+    """Whether this eager call is being differentiated, where the backend can tell."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return torch.is_grad_enabled() and (
+            inputs.requires_grad or any(w.value.requires_grad for w in layer.trainable_weights)
+        )
+    return backend == "tensorflow"  # a GradientTape cannot be seen from here: only training=False
+
+
+def _concrete(inputs) -> bool:
+    """Whether `inputs` holds data in host memory (not a symbolic, traced or device tensor)."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu"
+    if backend == "jax":
+        import jax
+
+        return isinstance(inputs, jax.Array) and not isinstance(inputs, jax.core.Tracer)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly() and hasattr(inputs, "numpy")
+    return isinstance(inputs, np.ndarray)
+
+
+@keras.saving.register_keras_serializable(package="dwconv_tvm")
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` whose inference call runs the TVM kernel.
+
+    Same arguments, weights, config and saving as Keras's layer, plus `target`. A call runs the
+    kernel when it is inference on concrete host tensors: `training=False` (as `predict`
+    passes), or `training=None` where the backend shows no gradient is recorded (PyTorch
+    outside autograd, JAX and NumPy eagerly). Otherwise, and for shapes or dtypes the kernel
+    does not support (e.g. bfloat16), Keras's implementation runs.
+
+    Args:
+        *args: `keras.layers.DepthwiseConv2D`'s arguments.
+        target: Where the kernel runs (default `"host"`); see `dwconv_tvm.resolve_target`.
+        **kwargs: `keras.layers.DepthwiseConv2D`'s keyword arguments.
+    """
+
+    def __init__(self, *args: Any, target: TargetLike = "host", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.target = target
+        self._ops: dict[tuple, Any] = {}  # (input shape, dtype) -> CompiledOp, or None if unsupported
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        if isinstance(self.target, (str, dict)):
+            config["target"] = self.target
+        return config
+
+    def _op(self, shape: tuple[int, ...], dtype: str):
+        """`(CompiledOp, activation fused)` for an input shape and dtype, or None where the
+        kernel does not support the configuration (Keras computes those calls)."""
+        key = (shape, dtype)
+        if key not in self._ops:
+            name = _fusable(self.activation)
+            fused = name if name in FUSED_ACTIVATIONS else None
+            try:
+                spec = DepthwiseSpec.from_keras(
+                    shape, self.kernel_size, self.strides, self.padding, self.depth_multiplier, self.data_format,
+                    self.dilation_rate, self.use_bias, fused, dtype,
+                )
+                self._ops[key] = (compile_spec(spec, self.target), fused is not None or name == "linear")
+            except ValueError:
+                self._ops[key] = None
+        return self._ops[key]
+
+    def call(self, inputs, training=None):
+        if training or not _concrete(inputs) or (training is None and _records_gradients(inputs, self)):
+            return super().call(inputs)
+        found = self._op(tuple(int(d) for d in inputs.shape), str(keras.backend.standardize_dtype(inputs.dtype)))
+        if found is None:
+            return super().call(inputs)
+        op, activation_done = found
+        kernel = keras.ops.cast(self.kernel.value, inputs.dtype)
+        bias = keras.ops.cast(self.bias.value, inputs.dtype) if self.use_bias else None
+        outputs = op(inputs, kernel, bias)  # DLPack in and out: no copies for CPU torch/jax tensors
+        if not keras.ops.is_tensor(outputs):
+            outputs = keras.ops.convert_to_tensor(outputs)
+        # softmax & co. normalize across channels, outside the kernel's per-element epilogue.
+        return outputs if activation_done else self.activation(outputs)
+
+
+def swap_depthwise(model: keras.Model, target: TargetLike = "host") -> keras.Model:
+    """A copy of `model` with every `keras.layers.DepthwiseConv2D` replaced by ours.
+
+    Args:
+        model: A functional or Sequential Keras model.
+        target: Where the kernels run.
+
+    Returns:
+        A new model with the same weights; the original is not changed.
+
+    Raises:
+        TypeError: If `model` is not a Keras model.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            return DepthwiseConv2D.from_config({**layer.get_config(), "target": target})
+        return layer.__class__.from_config(layer.get_config())
+
+    swapped = keras.models.clone_model(model, clone_function=clone)
+    swapped.set_weights(model.get_weights())
+    return swapped
+
+
+def _activation_name(activation) -> str | None:
+    """A fusable activation name from a string, a Keras activation, or a ReLU/Activation layer."""
+    if activation is None:
+        return None
+    if isinstance(activation, keras.layers.ReLU):
+        config = activation.get_config()
+        if config.get("negative_slope", 0) == 0 and config.get("threshold", 0) == 0:
+            if config.get("max_value") is None:
+                return "relu"
+            if float(config["max_value"]) == 6.0:
+                return "relu6"
+    elif isinstance(activation, keras.layers.Activation):
+        return _fusable(activation.activation)
+    elif isinstance(activation, str) or callable(activation):
+        return _fusable(keras.activations.get(activation))
+    return None
+
+
+def fold_batch_norm(
+    depthwise: keras.layers.DepthwiseConv2D,
+    batch_norm: keras.layers.BatchNormalization,
+    activation: Any = None,
+    target: TargetLike = "host",
+) -> DepthwiseConv2D:
+    """One inference layer for depthwise -> BatchNormalization -> activation (one kernel).
+
+    The normalization is folded into the kernel and bias with the moving statistics:
+    `scale = gamma / sqrt(moving_variance + epsilon)`, `kernel' = kernel * scale`,
+    `bias' = (bias - moving_mean) * scale + beta`; the activation is fused.
+
+    Args:
+        depthwise: A built `keras.layers.DepthwiseConv2D` (or ours) without an activation.
+        batch_norm: The built `BatchNormalization` after it, normalizing the channel axis.
+        activation: What follows: None, an activation name or function, or a `ReLU` /
+            `Activation` layer (e.g. `ReLU(6.0)` becomes relu6).
+
+    Returns:
+        A built `dwconv_tvm.keras.DepthwiseConv2D` with bias and fused activation.
+
+    Raises:
+        TypeError: If the layers are not of those types.
+        ValueError: If a layer is not built, the depthwise layer has an activation, the
+            normalization is over another axis, or the activation cannot be fused.
+    """
+    if not isinstance(depthwise, keras.layers.DepthwiseConv2D):
+        raise TypeError(f"`depthwise` must be a keras.layers.DepthwiseConv2D. Received: {type(depthwise).__name__}")
+    if not isinstance(batch_norm, keras.layers.BatchNormalization):
+        raise TypeError(
+            f"`batch_norm` must be a keras.layers.BatchNormalization. Received: {type(batch_norm).__name__}"
+        )
+    if not depthwise.built or not batch_norm.built:
+        raise ValueError("Both layers must be built (called once, or part of a built model).")
+    if _fusable(depthwise.activation) != "linear":
+        raise ValueError("`depthwise` must have no activation: the activation has to follow the normalization.")
+    channel_axis = -1 if depthwise.data_format == "channels_last" else 1
+    if batch_norm.axis not in (channel_axis, channel_axis % 4, [channel_axis % 4]):
+        raise ValueError(f"`batch_norm` must normalize the channel axis {channel_axis}. Received axis={batch_norm.axis}")
+    name = _activation_name(activation)
+    if activation is not None and name is None:
+        raise ValueError(f"`activation` cannot be fused: {activation!r}. Use a Keras activation name or ReLU layer.")
+
+    def numpy(variable):
+        return keras.ops.convert_to_numpy(variable).astype(np.float64)
+
+    kernel = numpy(depthwise.kernel)  # (kh, kw, C, M); output channel c*M + m
+    out_channels = kernel.shape[2] * kernel.shape[3]
+    gamma = numpy(batch_norm.gamma) if batch_norm.scale else np.ones(out_channels)
+    beta = numpy(batch_norm.beta) if batch_norm.center else np.zeros(out_channels)
+    scale = gamma / np.sqrt(numpy(batch_norm.moving_variance) + batch_norm.epsilon)
+    bias = numpy(depthwise.bias) if depthwise.use_bias else np.zeros(out_channels)
+    config = {**depthwise.get_config(), "use_bias": True, "activation": name or "linear", "target": target}
+    config["name"] = f"{depthwise.name}_folded"
+    for key in ("bias_initializer", "bias_regularizer", "bias_constraint"):
+        config.pop(key, None)
+    folded = DepthwiseConv2D.from_config(config)
+    folded.build_from_config(depthwise.get_build_config())
+    dtype = keras.backend.standardize_dtype(depthwise.kernel.dtype)
+    folded.kernel.assign((kernel * scale.reshape(kernel.shape[2], kernel.shape[3])).astype(dtype))
+    folded.bias.assign(((bias - numpy(batch_norm.moving_mean)) * scale + beta).astype(dtype))
+    return folded
