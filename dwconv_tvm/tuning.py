@@ -318,14 +318,15 @@ class _Progress:
         """Past the spec's deadline, or the user asked to stop."""
         return self.stop.is_set() or time.monotonic() >= self.deadline
 
-    def add(self, run_secs) -> None:
-        self.done += 1
+    def add(self, run_secs, counts: bool = True) -> None:
+        """Records a measurement: a trial (`counts`), or a re-measurement of earlier trials."""
+        self.done += counts
         if run_secs:
             self.best = min(self.best, _mean(run_secs))
         elapsed = time.monotonic() - self.start
         if self.best < math.inf:
             self.curve.append((self.done, elapsed, self.best))
-        if self.stream is None:
+        if self.stream is None or not self.done:
             return
         left_s = max(self.deadline - time.monotonic(), 0)
         if self.total >= UNLIMITED:  # a time budget only: the bar shows time
@@ -348,8 +349,8 @@ def _search_callback(progress: _Progress):
     @derived_object
     class Progress(PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            for result in runner_results:
-                progress.add(None if result.error_msg else result.run_secs)
+            for _ in runner_results:  # their runner times differently: latencies come from re-measuring
+                progress.add(None)
             if progress.expired():
                 task_scheduler.terminate_task(task_id)
 
@@ -497,6 +498,7 @@ def _search(mod, rule, spec, target, database, workload, measure, builder, runne
         sch = s_tir.Schedule(mod)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
         (run_secs,) = measure([sch.mod])
+        progress.add(run_secs, counts=False)
         if run_secs:
             database.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, run_secs, target, args_info))
 
@@ -525,6 +527,19 @@ def _check_budget(trials, time_budget_s) -> tuple[int, float]:
     if trials is None:
         trials = 64 if time_budget_s is None else UNLIMITED
     return trials, math.inf if time_budget_s is None else float(time_budget_s)
+
+
+def _check_runs_here(target) -> None:
+    """Tuning without an RPC tracker measures on this machine."""
+    import tvm
+
+    from .deploy import host_arch, target_arch
+
+    if target_arch(target) != host_arch() or (target.kind.name == "cuda" and not tvm.cuda(0).exist):
+        raise ValueError(
+            f"Kernels for {target_key(target)} cannot run on this machine, so they cannot be timed here: "
+            "tune on the device, or measure there through a TVM RPC tracker (`rpc_tracker`, `rpc_key`)."
+        )
 
 
 def tune(
@@ -585,6 +600,8 @@ def tune(
     rule = for_target(tgt)
     if rule is None:
         raise ValueError(f"No schedule template for target kind '{tgt.kind.name}'.")
+    if tracker is None:
+        _check_runs_here(tgt)
     folder = Path(log_dir) if log_dir is not None else user_log_dir(tgt)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -607,19 +624,19 @@ def tune(
             if stop.is_set():
                 break
             deadline = time.monotonic() + (end - time.monotonic()) / (len(specs) - index + 1)
-            tracker_of_spec = _Progress(f"[{index}/{len(specs)}] {spec.key}", trials, deadline, progress, stop)
-            curves[spec.key] = tracker_of_spec.curve
+            spec_progress = _Progress(f"[{index}/{len(specs)}] {spec.key}", trials, deadline, progress, stop)
+            curves[spec.key] = spec_progress.curve
             mod = depthwise_module(spec)
             with _exclusive(folder, progress):
                 database = _open_for_tuning(folder)
                 workload = database.commit_workload(mod)
                 measure = _InProcess(mod, tgt) if tracker is None else _ThroughRunner(mod, tgt, *tools())
-                winner = _sweep(spec, mod, rule, tgt, database, workload, measure, trials, tracker_of_spec, favored)
+                winner = _sweep(spec, mod, rule, tgt, database, workload, measure, trials, spec_progress, favored)
                 if winner is not None:
                     favored.insert(0, winner)
-                left = trials - tracker_of_spec.done
-                if left > 0 and not tracker_of_spec.expired():
-                    _search(mod, rule, spec, tgt, database, workload, measure, *tools(), left, tracker_of_spec)
+                left = trials - spec_progress.done
+                if left > 0 and not spec_progress.expired():
+                    _search(mod, rule, spec, tgt, database, workload, measure, *tools(), left, spec_progress)
             if progress is not None:
                 progress.write("\n")
             _database.cache_clear()
