@@ -84,7 +84,7 @@ def export(spec: DepthwiseSpec, path: str | Path, target: TargetLike = "host") -
             )
             path = path.with_suffix(".tar")
         else:
-            from tvm.contrib import cc
+            from tvm.support import cc
 
             fcompile = cc.cross_compiler(linker)
     return write_library(executable, spec, str(tgt), schedule_name, path, fcompile=fcompile)
