@@ -21,7 +21,7 @@ from . import initializers as init_lib
 from . import keras_config
 from . import regularizers as reg_lib
 from .build import compile as compile_spec
-from .runtime import CompiledOp, as_host_array, like_input
+from .runtime import CompiledOp, as_host_array, kernel_input, like_input
 from .serialization import deserialize_function, serialize_function
 from .spec import DepthwiseSpec
 
@@ -429,8 +429,8 @@ class DepthwiseConv2D:
         compute = op._dtype
         if x.dtype != compute:
             x = x.astype(compute)
-        elif not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)  # one copy; the kernel indexes densely
+        else:
+            x = kernel_input(x)  # contiguous (one copy otherwise) and passable through DLPack
         kernel, bias = self._kernel, self._bias
         if kernel.dtype != compute:  # mixed precision: float32 variables, float16 compute
             kernel = kernel.astype(compute)

@@ -8,6 +8,7 @@ through `numpy.from_dlpack` (no copy); outputs come back in the caller's framewo
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 from pathlib import Path
@@ -37,11 +38,12 @@ def as_host_array(value: Any, name: str) -> np.ndarray:
         if getattr(value, "requires_grad", False):
             value = value.detach()  # inference only: torch refuses to export graph tensors
         try:
-            return np.from_dlpack(value)
+            array = np.from_dlpack(value)
         except (BufferError, RuntimeError, TypeError, ValueError) as err:
             raise TypeError(
                 f"`{name}` could not be read through DLPack as a CPU tensor: {err}"
             ) from None
+        return array
     if isinstance(value, (list, tuple)) or hasattr(value, "__array__"):
         return np.asarray(value)
     raise TypeError(
@@ -50,11 +52,25 @@ def as_host_array(value: Any, name: str) -> np.ndarray:
     )
 
 
+def kernel_input(array: np.ndarray) -> np.ndarray:
+    """`array` as the kernel can take it: C-contiguous (one copy otherwise) and not flagged
+    read-only. tvm_ffi's DLPack export refuses read-only arrays (JAX arrays, `np.asarray` of
+    them, read-only memmaps), so those pass as a writable alias of the same memory: the kernel
+    only reads its inputs."""
+    if not array.flags.c_contiguous:
+        return np.ascontiguousarray(array)
+    if array.flags.writeable or array.size == 0:
+        return array
+    raw = (ctypes.c_char * array.nbytes).from_address(array.ctypes.data)
+    return np.frombuffer(raw, dtype=array.dtype).reshape(array.shape)  # the caller keeps `array` alive
+
+
 def like_input(result: np.ndarray, original: Any) -> Any:
     """Returns `result` in the framework of `original` (zero-copy via DLPack), else NumPy."""
     if isinstance(original, np.ndarray) or not hasattr(original, "__dlpack__"):
         return result
     top = type(original).__module__.split(".")[0]
+    top = {"jaxlib": "jax"}.get(top, top)  # JAX arrays are jaxlib types; jax.numpy has from_dlpack
     for module_name in (top, f"{top}.numpy"):
         module = sys.modules.get(module_name)
         from_dlpack = getattr(module, "from_dlpack", None)
@@ -69,7 +85,7 @@ def _check(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: np.dtype) 
     if arr.shape != shape:
         raise ValueError(f"`{name}` must have shape {shape}. Received shape {arr.shape}")
     # The kernel indexes densely; any other strides (views, Fortran order) get one copy.
-    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    return kernel_input(arr)
 
 
 class CompiledOp:

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+import dwconv_tvm
 from dwconv_tvm import DepthwiseConv2D, keras_config
 from reference import ACTIVATIONS, depthwise
 
@@ -367,3 +368,31 @@ def test_autocast_false_requires_compute_dtype():
     assert layer(np.ones((1, 3, 3, 1), np.float32)).dtype == np.float32
     with pytest.raises(ValueError, match="autocast=False"):
         layer(np.ones((1, 3, 3, 1), np.float64))
+
+
+def test_jax_arrays_in_and_out_through_dlpack(rng):
+    jnp = pytest.importorskip("jax.numpy")
+    from dwconv_tvm.runtime import as_host_array
+
+    x = jnp.asarray(rng.standard_normal((1, 6, 6, 4)).astype(np.float32))
+    assert as_host_array(x, "x").ctypes.data == x.unsafe_buffer_pointer()  # no copy in
+    layer = dwconv_tvm.DepthwiseConv2D(3, padding="same", activation="relu6")
+    y = layer(x)
+    assert type(y) is type(x)  # a JAX array back
+    np.testing.assert_array_equal(np.asarray(y), layer(np.asarray(x).copy()))
+    spec = dwconv_tvm.DepthwiseSpec.from_keras((1, 6, 6, 4), 3, padding="same", use_bias=False)
+    op = dwconv_tvm.compile(spec)
+    out = op(x, jnp.asarray(layer.get_weights()[0]))
+    assert type(out) is type(x)
+
+
+def test_read_only_numpy_inputs(rng):
+    x = rng.standard_normal((1, 6, 6, 4)).astype(np.float32)
+    frozen = x.copy()
+    frozen.flags.writeable = False  # as np.asarray of a JAX array, or a read-only memmap, is
+    layer = dwconv_tvm.DepthwiseConv2D(3, padding="same")
+    np.testing.assert_array_equal(layer(frozen), layer(x))
+    op = dwconv_tvm.compile(dwconv_tvm.DepthwiseSpec.from_keras((1, 6, 6, 4), 3, padding="same"))
+    kernel, bias = layer.get_weights()
+    kernel.flags.writeable = False
+    np.testing.assert_array_equal(op(frozen, kernel, bias), layer(x))
