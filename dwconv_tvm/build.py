@@ -137,9 +137,16 @@ def build_executable(spec: DepthwiseSpec, target, scheduled: tuple | None = None
     import tvm
 
     mod, schedule_name = scheduled or schedule_for(spec, target)
-    if target.kind.name != "llvm" and target.host is None:
-        target = tvm.target.Target(target, host={"kind": "llvm"})
-    return tvm.compile(mod, target=target), schedule_name
+    return tvm.compile(mod, target=with_llvm_host(target)), schedule_name
+
+
+def with_llvm_host(target):
+    """`target`, with a generic LLVM host for a GPU target's launch code unless it names one."""
+    import tvm
+
+    if target.kind.name == "llvm" or target.host is not None:
+        return target
+    return tvm.target.Target(target, host={"kind": "llvm"})
 
 
 def write_library(executable, spec: DepthwiseSpec, target_text: str, schedule_name: str, path: Path,

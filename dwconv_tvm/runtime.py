@@ -38,12 +38,11 @@ def as_host_array(value: Any, name: str) -> np.ndarray:
         if getattr(value, "requires_grad", False):
             value = value.detach()  # inference only: torch refuses to export graph tensors
         try:
-            array = np.from_dlpack(value)
+            return np.from_dlpack(value)
         except (BufferError, RuntimeError, TypeError, ValueError) as err:
             raise TypeError(
                 f"`{name}` could not be read through DLPack as a CPU tensor: {err}"
             ) from None
-        return array
     if isinstance(value, (list, tuple)) or hasattr(value, "__array__"):
         return np.asarray(value)
     raise TypeError(

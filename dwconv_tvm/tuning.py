@@ -177,6 +177,7 @@ def schedule_fingerprint(sch) -> str:
     """A short hash of a schedule's trace, so the kernel cache tells tuned kernels apart."""
     return hashlib.sha256(str(sch.trace).encode()).hexdigest()[:12]
 
+
 def _f_build(mod, target, _params):
     """LocalBuilder's build: the default one imports tensor intrinsics in every fresh worker,
     which takes longer than its timeout on a 2-core machine."""
@@ -211,13 +212,6 @@ def _time_calls(fn, args) -> list[float]:
     return results
 
 
-def _build_target(target):
-    """GPU kernels need a host target for their launch code."""
-    import tvm
-
-    return target if target.kind.name == "llvm" else tvm.target.Target(target, host=target.host or "llvm")
-
-
 class _InProcess:
     """Builds and times candidates in this process, reusing one set of arguments: ~0.1 s to
     build and ~0.15 s to time one candidate, where a round trip through MetaSchedule's worker
@@ -231,7 +225,9 @@ class _InProcess:
         import tvm
         from tvm.s_tir import meta_schedule as ms
 
-        self.target = _build_target(target)
+        from .build import with_llvm_host
+
+        self.target = with_llvm_host(target)
         self.on_cpu = target.kind.name == "llvm"
         self.device = tvm.cpu() if self.on_cpu else tvm.device(target.kind.name, 0)
         rng = np.random.default_rng(0)
@@ -402,6 +398,19 @@ def _exclusive(folder: Path, stream: TextIO | None):
                 stream.flush()
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def _file_state(folder: Path) -> tuple:
+    """Size and modification time of the database files: what tells another writer's work."""
+    state = []
+    for name in (WORKLOADS, RECORDS):
+        try:
+            stat = (folder / name).stat()
+        except FileNotFoundError:
+            state.append(None)
+            continue
+        state.append((stat.st_size, stat.st_mtime_ns))
+    return tuple(state)
 
 
 def _open_for_tuning(folder: Path):
@@ -619,6 +628,7 @@ def tune(
     end = time.monotonic() + budget
     favored: list[tuple] = []
     curves = {}
+    database, seen = None, None  # the open database, and its files as this tuner left them
     with _graceful_interrupt(progress) as stop:
         for index, spec in enumerate(specs, start=1):
             if stop.is_set():
@@ -628,7 +638,10 @@ def tune(
             curves[spec.key] = spec_progress.curve
             mod = depthwise_module(spec)
             with _exclusive(folder, progress):
-                database = _open_for_tuning(folder)
+                # Loading takes seconds once logs hold a few model sets: reload only when another
+                # tuner wrote to the folder since this one released the lock.
+                if database is None or _file_state(folder) != seen:
+                    database = _open_for_tuning(folder)
                 workload = database.commit_workload(mod)
                 measure = _InProcess(mod, tgt) if tracker is None else _ThroughRunner(mod, tgt, *tools())
                 winner = _sweep(spec, mod, rule, tgt, database, workload, measure, trials, spec_progress, favored)
@@ -637,6 +650,7 @@ def tune(
                 left = trials - spec_progress.done
                 if left > 0 and not spec_progress.expired():
                     _search(mod, rule, spec, tgt, database, workload, measure, *tools(), left, spec_progress)
+                seen = _file_state(folder)
             if progress is not None:
                 progress.write("\n")
             _database.cache_clear()
