@@ -95,17 +95,23 @@ def has_block(sch, name: str) -> bool:
     return True
 
 
-def accumulate_in_registers(sch, loop, tile_loops: int, vectorize_innermost: bool):
-    """Moves the `depthwise` reduction under `loop` into registers (`local` scope): kernel taps
-    outermost and unrolled, the `tile_loops` spatial loops of the tile inside (unrolled; the
-    innermost vectorized if asked), zero-initialized before the taps.
+def accumulate_in_registers(sch, loop, tile_loops: int, vectorize_innermost: bool, scope: str = "local"):
+    """Moves the `depthwise` reduction under `loop` into registers: kernel taps outermost and
+    unrolled, the `tile_loops` spatial loops of the tile inside (unrolled; the innermost
+    vectorized if asked), zero-initialized before the taps.
+
+    `scope` is where the tile lives before the compiler promotes it to registers: `local` on
+    GPUs; CPUs pass `global`, because TVM 0.27 lowers a CPU `local` buffer to a
+    TVMBackendAllocWorkspace call per parallel task (and LLVM cannot keep that memory in
+    registers), while a `global` one under 1 KB becomes a stack slot that LLVM promotes.
 
     Returns:
         The reduction block (its update part; the init block is split off).
     """
     conv = sch.get_sblock("depthwise")
     sch.compute_at(conv, loop, preserve_unit_loops=True)
-    sch.set_scope(conv, 0, "local")
+    if scope != "global":
+        sch.set_scope(conv, 0, scope)
     loops = sch.get_loops(conv)
     spatial, (ry, rx) = loops[-2 - tile_loops : -2], loops[-2:]
     sch.reorder(ry, rx, *spatial)
