@@ -104,10 +104,10 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     x_candidates = [c for c in _divisors(spec.out_width, 1, 12) + [4, 8] if c <= spec.out_width]
     if y_tile > 1:
         x_candidates = [c for c in x_candidates if c * y_tile * blocks <= MAX_TILE_VECTORS]
-    x_default = x_default if y_tile == rows_default else default_x_tile(spec.out_width)
-    if x_default not in x_candidates:
-        x_default = max(x_candidates)
-    x_tile = knob(sch, x_candidates or [1], x_default)
+    if y_tile != rows_default:
+        x_default = default_x_tile(spec.out_width)
+    # 1 is always a candidate: 1 x 4 rows x 2 blocks stays within the budget.
+    x_tile = knob(sch, x_candidates, x_default if x_default in x_candidates else max(x_candidates))
     yo, yi = sch.split(y, [None, y_tile])
     xo, xi = sch.split(x, [None, x_tile])
     oo, ob, oi = sch.split(o, [None, blocks, vec])
