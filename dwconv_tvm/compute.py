@@ -115,7 +115,10 @@ def depthwise_tensors(spec: DepthwiseSpec) -> list:
             if need_right:
                 conds.append(ix < w)
             value = x[n, iy, ix, c] if nhwc else x[n, c, iy, ix]
-            return tirx.if_then_else(tirx.all(*conds), value, tirx.const(0.0, spec.dtype))
+            # `likely` marks each bound for TVM's LoopPartition: a schedule that hints a loop gets
+            # it split into border and interior parts, and the interior runs without checks.
+            likely = [tirx.likely(bound) for bound in conds]
+            return tirx.if_then_else(tirx.all(*likely), value, tirx.const(0.0, spec.dtype))
 
         source = te.compute(pad_shape, padded, name="pad")
         offset_y, offset_x = top, left

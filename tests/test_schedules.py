@@ -83,6 +83,59 @@ def test_nhwc_multi_row_tiles_stay_within_the_register_budget():
     assert rows_seen == {1, 2, 4}
 
 
+def test_nhwc_interior_column_tiles_run_without_bounds_checks():
+    # The column-tile loop carries a partition hint; TVM's LoopPartition must then split it
+    # into the left border tile, 12 interior tiles and the right border tile (of 14).
+    from tvm import s_tir, transform
+
+    spec = DepthwiseSpec.from_keras((1, 56, 56, 144), 3, 1, "same")
+    mod, _ = build.schedule_for(spec, AVX512, use_records=False)
+    lower = transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.ConvertBlocksToOpaque(),
+        s_tir.transform.LowerOpaqueBlock(), s_tir.transform.LoopPartition(),
+    ])
+    script = lower(mod).script()
+    assert "for i2_0, i3_0 in T.grid(12, 9):" in script
+    assert script.count("for i3_0 in range(9):") == 2
+
+
+@pytest.mark.parametrize("shape,kernel,strides,dilation", [
+    ((1, 10, 12, 32), 3, 1, 1),
+    ((1, 10, 12, 32), 3, 2, 1),  # "same" pads only after: (0, 0, 1, 1)
+    ((1, 9, 11, 32), 5, 2, 1),
+    ((1, 12, 13, 16), 3, 1, 2),
+])
+def test_every_nhwc_knob_combination_is_exact_with_padding(shape, kernel, strides, dilation, rng):
+    # Tuning may pick any point of the space: each must match the reference, border tiles
+    # (split off by the loop partition) and predicated column tails included.
+    import numpy as np
+    import tvm
+    from tvm import s_tir
+
+    from dwconv_tvm.schedules.common import forced_knobs, knob_space
+    from reference import depthwise
+
+    spec = DepthwiseSpec.from_keras(shape, kernel, strides, "same", dilation_rate=dilation)
+    x = rng.standard_normal(spec.input_shape).astype("float32")
+    k = rng.standard_normal(spec.kernel_shape).astype("float32")
+    b = rng.standard_normal(spec.bias_shape).astype("float32")
+    want = depthwise(x, k, b, (strides,) * 2, "same", (dilation,) * 2)
+
+    def scheduled():
+        sch = s_tir.Schedule(dwconv_tvm.compute.depthwise_module(spec))
+        cpu_schedule.schedule(sch, spec, HOST)
+        return sch
+
+    space = knob_space(scheduled)
+    assert len(space) >= 12
+    for decisions in space:
+        with forced_knobs(decisions) as plan:
+            sch = scheduled()
+        got = np.empty(spec.output_shape, "float32")
+        tvm.compile(sch.mod, target=HOST).mod["main"](x, k, b, got)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(plan.values))
+
+
 def test_nchw_cpu_structure():
     spec = DepthwiseSpec.from_keras((1, 32, 28, 28), 3, 1, "same", data_format="channels_first")
     script, _ = _script(spec, AVX512)
