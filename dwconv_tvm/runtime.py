@@ -98,6 +98,10 @@ class CompiledOp:
         target: Canonical text of the target it was compiled for.
         schedule: Which schedule produced it (e.g. `"default:llvm"`).
         path: The shared library on disk, if any.
+
+    Raises:
+        RuntimeError: If the kernel cannot run on this machine: a CPU target whose instruction
+            set extensions this CPU lacks, or a GPU kernel without the GPU runtime.
     """
 
     entry = "main"
@@ -110,6 +114,16 @@ class CompiledOp:
         self.path = path
         kind = json.loads(target).get("kind", "llvm") if target.lstrip().startswith("{") else target.split()[0]
         self.on_gpu = kind != "llvm"
+        if not self.on_gpu:
+            from .targets import missing_cpu_features
+
+            missing = missing_cpu_features(target)
+            if missing:
+                raise RuntimeError(
+                    f"This kernel was compiled for {target}, whose code may use {', '.join(missing)}: "
+                    "this CPU lacks them, and the first call would kill the process (illegal "
+                    "instruction). Compile it for this machine (target 'host') instead."
+                )
         try:
             self._fn = module[self.entry]
         except Exception as err:  # e.g. a CUDA kernel on a machine without the CUDA runtime

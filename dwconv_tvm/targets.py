@@ -174,3 +174,48 @@ def target_key(target: TargetLike) -> str:
 def target_text(target: TargetLike) -> str:
     """The canonical JSON text of a target, for hashing and sidecars."""
     return str(resolve_target(target))
+
+
+# LLVM's names for the instruction-set extensions a CPU kernel may use -> NumPy's names for them
+# in its runtime CPU detection (`__cpu_features__`, read from CPUID / HWCAP on this machine).
+_LLVM_TO_NUMPY_FEATURES = {
+    "sse4.1": "SSE41", "sse4.2": "SSE42", "popcnt": "POPCNT", "avx": "AVX", "avx2": "AVX2",
+    "fma": "FMA3", "f16c": "F16C", "bmi": "BMI", "bmi2": "BMI2", "lzcnt": "LZCNT", "movbe": "MOVBE",
+    "avx512f": "AVX512F", "avx512cd": "AVX512CD", "avx512bw": "AVX512BW", "avx512dq": "AVX512DQ",
+    "avx512vl": "AVX512VL", "avx512vnni": "AVX512VNNI", "avx512ifma": "AVX512IFMA",
+    "avx512vbmi": "AVX512VBMI", "avx512vbmi2": "AVX512VBMI2", "avx512bitalg": "AVX512BITALG",
+    "avx512vpopcntdq": "AVX512VPOPCNTDQ", "avx512bf16": "AVX512BF16", "avx512fp16": "AVX512FP16",
+    "fma4": "FMA4", "xop": "XOP", "neon": "ASIMD", "fullfp16": "ASIMDHP", "dotprod": "ASIMDDP",
+    "sve": "SVE",
+}
+
+
+@functools.lru_cache(maxsize=64)
+def missing_cpu_features(text: str) -> tuple[str, ...]:
+    """Instruction-set extensions that kernels for a CPU target may use and this CPU lacks.
+
+    A library built for a newer CPU (`-mcpu=znver4` on a Haswell) loads fine and then dies of
+    SIGILL on its first call, so loaders check this first. Targets of another architecture,
+    GPU targets and installs without TVM's LLVM answer `()`; they fail (or not) elsewhere.
+
+    Args:
+        text: The target's canonical JSON text (a sidecar's or `CompiledOp.target`).
+
+    Returns:
+        NumPy's names of the missing extensions, e.g. `("AVX512F", "AVX512BW")`.
+    """
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as host_features
+        from tvm.target import codegen
+
+        from .deploy import host_arch, target_arch
+
+        target = resolve_target(text)
+        if target.kind.name != "llvm" or target_arch(target) != host_arch():
+            return ()
+        wanted = codegen.llvm_get_cpu_features(target)
+    except (ImportError, AttributeError, ValueError):
+        return ()
+    names = sorted({_LLVM_TO_NUMPY_FEATURES[f] for f in wanted if f in _LLVM_TO_NUMPY_FEATURES})
+    # NumPy leaves out what it does not probe on this architecture: unknown is not missing.
+    return tuple(n for n in names if host_features.get(n) is False)

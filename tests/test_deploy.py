@@ -108,6 +108,23 @@ def test_named_cpu_target_runs_here(tmp_path, rng):
     np.testing.assert_allclose(dwconv_tvm.load(path)(x, k, b), _expected(x, k, b), atol=1e-4)
 
 
+def test_library_for_a_cpu_with_more_extensions_is_refused(tmp_path):
+    # Loading works, but the first call would die of SIGILL: refuse with a clear error first.
+    from numpy._core._multiarray_umath import __cpu_features__ as host
+
+    if deploy.host_arch() != "x86_64":
+        pytest.skip("x86 targets")
+    # Bulldozer's FMA4/XOP and Sapphire Rapids' AVX512-FP16: no CPU has both.
+    cpu, lacking = next((c, f) for c, f in (("bdver2", "FMA4"), ("sapphirerapids", "AVX512FP16")) if not host.get(f))
+    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu}
+    path = dwconv_tvm.export(SPEC, tmp_path / f"dw_{cpu}.so", target)
+    with pytest.raises(RuntimeError, match=f"{lacking}.*this CPU lacks"):
+        dwconv_tvm.load(path)
+    with pytest.raises(RuntimeError, match=lacking):
+        dwconv_tvm.compile(SPEC, target, use_cache=False)
+    assert dwconv_tvm.targets.missing_cpu_features(dwconv_tvm.targets.target_text("host")) == ()
+
+
 def test_aarch64_without_a_cross_linker_writes_an_object_archive(tmp_path, monkeypatch):
     monkeypatch.setenv(deploy.CROSS_CC_ENV, "no-such-cross-gcc")
     with pytest.warns(UserWarning, match="No cross linker for aarch64"):
