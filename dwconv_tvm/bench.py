@@ -172,6 +172,7 @@ def run(
     rounds: int = 7,
     budget_s: float = 0.03,
     settle_s: float = 0.05,
+    warmup_s: float = 0.01,
     peers: tuple[str, ...] = ("torch", "onnxruntime", "numpy"),
     target: str = "host",
 ) -> list[dict]:
@@ -185,6 +186,9 @@ def run(
         budget_s: Time spent per implementation per round.
         settle_s: Pause before each measurement, so that the previous library's spinning worker
             threads (ONNX Runtime's and OpenMP's busy-wait after a call) go idle first.
+        warmup_s: Untimed calls after the pause, so that the timing starts from a running core
+            and thread pool, as in an inference loop, rather than from idle (measured here:
+            the first milliseconds after a 50 ms pause ran 5-20% slower, for every library).
         peers: Which peers to run (`torch`, `onnxruntime`, `numpy`).
         target: Our layer's target.
 
@@ -201,7 +205,9 @@ def run(
     from .schedules.cpu import simd_bits
     from .targets import resolve_target
 
-    rate = fma_rate(threads)
+    # The compute roof is a peak: sampled before every shape, the fastest sample counts (one
+    # sample taken while the VM was slow once doubled every FMA floor).
+    rates = []
     lanes = simd_bits(resolve_target("host")) // 32
     rng = np.random.default_rng(0)
     rows = []
@@ -209,6 +215,7 @@ def run(
         for shape in shapes or SHAPES:
             # One shape at a time: its implementations (and their thread pools) exist only
             # while it is measured, and their repetitions are interleaved.
+            rates.append(fma_rate(threads))
             layer = DepthwiseConv2D(shape.kernel, shape.stride, padding="same", target=target)
             x = rng.standard_normal((batch, shape.size, shape.size, shape.channels)).astype(np.float32)
             layer.build(x.shape)
@@ -226,12 +233,14 @@ def run(
                 names = list(impls)[:: -1 if r % 2 else 1]  # no implementation always runs first
                 for name in names:
                     time.sleep(settle_s)
+                    _time_per_call(impls[name], warmup_s)
                     samples[name].append(_time_per_call(impls[name], budget_s))
             if "numpy" in peers:  # for scale only; slow, so timed once
                 samples["numpy"] = [_time_per_call(lambda: depthwise_reference(spec, x, kernel, bias), 0.0)]
             del impls
-            rows.append(_row(shape, batch, spec, error, samples, fma_floor_us(spec, rate, lanes)))
-    return rows
+            rows.append((shape, batch, spec, error, samples))
+    rate = max(rates)
+    return [_row(*row, fma_floor_us(row[2], rate, lanes)) for row in rows]
 
 
 def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: dict, fma_us: float) -> dict:
