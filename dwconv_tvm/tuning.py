@@ -543,8 +543,13 @@ def _check_runs_here(target) -> None:
     import tvm
 
     from .deploy import host_arch, target_arch
+    from .targets import missing_cpu_features
 
-    if target_arch(target) != host_arch() or (target.kind.name == "cuda" and not tvm.cuda(0).exist):
+    if (
+        target_arch(target) != host_arch()
+        or (target.kind.name == "cuda" and not tvm.cuda(0).exist)
+        or missing_cpu_features(str(target))  # its kernels would die of SIGILL when timed
+    ):
         raise ValueError(
             f"Kernels for {target_key(target)} cannot run on this machine, so they cannot be timed here: "
             "tune on the device, or measure there through a TVM RPC tracker (`rpc_tracker`, `rpc_key`)."

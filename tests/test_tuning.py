@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from numpy._core._multiarray_umath import __cpu_features__ as HOST_FEATURES
 
 import dwconv_tvm
 from dwconv_tvm import DepthwiseSpec, build, tuning
@@ -149,6 +150,9 @@ def test_records_are_per_target(isolated, tuned_logs):
     (dict(specs=SPEC, rpc_tracker="localhost:9190"), "rpc_key"),
     (dict(specs=SPEC, rpc_key="k"), "rpc_tracker"),
     (dict(specs=SPEC, target="aarch64"), "cannot run on this machine"),
+    # A CPU with extensions this one lacks (no CPU has both FMA4 and AVX512-FP16).
+    (dict(specs=SPEC, target={"kind": "llvm", "mcpu": "sapphirerapids" if HOST_FEATURES.get("FMA4") else "bdver2"}),
+     "cannot run on this machine"),
 ])
 def test_tune_argument_errors(kwargs, needle, tmp_path):
     with pytest.raises(ValueError, match=needle):
