@@ -11,6 +11,7 @@ compute limit is the multiply-add count at the vector-FMA rate a TVM kernel reac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -84,6 +85,14 @@ def fma_rate(threads_hint: int = 2) -> float:
     a TVM kernel of independent register accumulators, the compute roof of the roofline."""
     import timeit
 
+    run, fmas = _fma_kernel(threads_hint)
+    seconds = min(timeit.repeat(run, number=10, repeat=7)) / 10
+    return fmas / seconds
+
+
+@functools.lru_cache(maxsize=4)
+def _fma_kernel(threads_hint: int) -> tuple[Callable[[], object], int]:
+    """`fma_rate`'s kernel, compiled once per process: a call and its vector FMA count."""
     import tvm
     from tvm import s_tir, te
 
@@ -113,8 +122,7 @@ def fma_rate(threads_hint: int = 2) -> float:
     fn = tvm.compile(sch.mod, target=target).mod["main"]
     args = [np.ones((rows * accumulators, lanes), np.float32), np.full((steps, lanes), 1e-4, np.float32),
             np.empty((rows * accumulators, lanes), np.float32)]
-    seconds = min(timeit.repeat(lambda: fn(*args), number=10, repeat=7)) / 10
-    return rows * accumulators * steps / seconds
+    return (lambda: fn(*args)), rows * accumulators * steps
 
 
 def fma_floor_us(spec: DepthwiseSpec, rate: float, lanes: int) -> float:
@@ -205,8 +213,8 @@ def run(
     from .schedules.cpu import simd_bits
     from .targets import resolve_target
 
-    # The compute roof is a peak: sampled before every shape, the fastest sample counts (one
-    # sample taken while the VM was slow once doubled every FMA floor).
+    # The compute roof is a peak: timed before every shape (compiled once), the fastest sample
+    # counts (one sample taken while the VM was slow once doubled every FMA floor).
     rates = []
     lanes = simd_bits(resolve_target("host")) // 32
     rng = np.random.default_rng(0)
