@@ -21,7 +21,7 @@ from . import initializers as init_lib
 from . import keras_config
 from . import regularizers as reg_lib
 from .build import compile as compile_spec
-from .runtime import CompiledOp, as_host_array, kernel_input, like_input
+from .runtime import CompiledOp, as_host_array, device_view, kernel_input, like_input
 from .serialization import deserialize_function, serialize_function
 from .spec import DepthwiseSpec
 
@@ -252,6 +252,8 @@ class DepthwiseConv2D:
         self._ops: dict[tuple, CompiledOp] = {}
         # (input shape, input dtype) -> the op for the default target: the hot path.
         self._plans: dict[tuple, CompiledOp] = {}
+        # The weights and TVM tensors over their memory (see `_weight_views`).
+        self._views: tuple | None = None
         self._build_lock = threading.Lock()
 
     # ----------------------------------------------------------------- Keras surface
@@ -435,12 +437,27 @@ class DepthwiseConv2D:
         if kernel.dtype != compute:  # mixed precision: float32 variables, float16 compute
             kernel = kernel.astype(compute)
             bias = None if bias is None else bias.astype(compute)
+        elif not op.on_gpu:
+            kernel, bias = self._weight_views(kernel, bias)
         y = op.run_checked(x, kernel, bias)
         if self._activation.post is not None:
             y = self._activation(y)
         if self.activity_regularizer is not None:
             self._activity_losses = [np.asarray(self.activity_regularizer(y)) / y.shape[0]]
         return y
+
+    def _weight_views(self, kernel: np.ndarray, bias: np.ndarray | None) -> tuple[Any, Any]:
+        """TVM tensors sharing the weights' memory, made once per weight array: in-place edits
+        show through, and assigning new arrays (`set_weights`, `layer.kernel = ...`) makes new
+        views on the next call."""
+        views = self._views
+        if views is None or views[0] is not kernel or views[1] is not bias:
+            kernel_arg = kernel_input(kernel)  # the same array unless it was made read-only
+            bias_arg = None if bias is None else kernel_input(bias)
+            views = (kernel, bias, device_view(kernel_arg), None if bias is None else device_view(bias_arg),
+                     kernel_arg, bias_arg)
+            self._views = views  # one assignment: a concurrent caller sees old or new views whole
+        return views[2], views[3]
 
     def call(self, inputs: Any, target: Any = None) -> Any:
         """Keras's `call`: the forward pass (same as calling the layer)."""

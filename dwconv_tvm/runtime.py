@@ -64,6 +64,16 @@ def kernel_input(array: np.ndarray) -> np.ndarray:
     return np.frombuffer(raw, dtype=array.dtype).reshape(array.shape)  # the caller keeps `array` alive
 
 
+def device_view(array: np.ndarray) -> Any:
+    """A TVM tensor sharing `array`'s memory (C-contiguous, not read-only, as `kernel_input`
+    makes it), for arguments that stay the same across calls: the FFI then skips converting
+    them on every call (about 0.1 µs each on znver4). The caller keeps `array` alive."""
+    import tvm_ffi
+
+    # The kernels are compiled for 4-byte alignment (`compute.relax_alignment`).
+    return tvm_ffi.from_dlpack(array, require_alignment=array.dtype.itemsize)
+
+
 def like_input(result: np.ndarray, original: Any) -> Any:
     """Returns `result` in the framework of `original` (zero-copy via DLPack), else NumPy."""
     if isinstance(original, np.ndarray) or not hasattr(original, "__dlpack__"):
@@ -138,9 +148,10 @@ class CompiledOp:
     def __repr__(self) -> str:
         return f"CompiledOp({self.spec.key}, target={self.target}, schedule={self.schedule})"
 
-    def run_checked(self, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    def run_checked(self, x: np.ndarray, kernel: Any, bias: Any) -> np.ndarray:
         """Runs on arguments the caller has already validated (C-contiguous NumPy arrays of the
-        spec's shapes and dtype); returns a new output array. The layer's hot path."""
+        spec's shapes and dtype, or on CPU `device_view`s of such weights); returns a new output
+        array. The layer's hot path."""
         if self.on_gpu:
             return self._call_on_device(x, kernel, bias)
         out = np.empty(self._out_shape, self._dtype)

@@ -350,6 +350,27 @@ def test_hot_path_handles_layout_dtype_and_weight_changes(rng):
     np.testing.assert_allclose(layer(x), expected(x), atol=1e-5)
 
 
+def test_calls_follow_every_weight_change(rng):
+    # The layer hands the kernel TVM tensors over the weights' memory, made once per array.
+    layer = DepthwiseConv2D(3, padding="same")
+    x = rng.standard_normal((1, 6, 6, 4)).astype(np.float32)
+    layer(x)
+
+    def check():
+        np.testing.assert_allclose(layer(x), depthwise(x, layer.kernel, layer.bias, padding="same"), atol=1e-5)
+
+    layer.bias[:] = 5.0  # in place, after the views were made
+    check()
+    layer.set_weights([rng.standard_normal((3, 3, 4, 1)), np.arange(4.0)])
+    check()
+    layer.bias = -np.ones(4)
+    check()
+    layer.kernel.flags.writeable = False  # e.g. a frozen model's weights
+    layer.kernel = layer.kernel * 2
+    layer.kernel.flags.writeable = False
+    check()
+
+
 def test_weight_setters_validate():
     layer = DepthwiseConv2D(3, use_bias=False)
     with pytest.raises(ValueError, match="not built"):
