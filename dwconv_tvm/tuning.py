@@ -310,6 +310,12 @@ class _Progress:
         self.done, self.best, self.start = 0, math.inf, time.monotonic()
         self.curve: list[tuple[int, float, float]] = []  # (trial, seconds since start, best latency)
 
+    def resume_from(self, latency: float) -> None:
+        """Starts from the best record of an earlier run: the bar's and the curve's best so far
+        (at trial 0) are that record's, not only what this run measures."""
+        self.best = latency
+        self.curve.append((0, 0.0, latency))
+
     def expired(self) -> bool:
         """Past the spec's deadline, or the user asked to stop."""
         return self.stop.is_set() or time.monotonic() >= self.deadline
@@ -648,6 +654,9 @@ def tune(
                 if database is None or _file_state(folder) != seen:
                     database = _open_for_tuning(folder)
                 workload = database.commit_workload(mod)
+                earlier = database.get_top_k(workload, 1)
+                if earlier:
+                    spec_progress.resume_from(_mean(earlier[0].run_secs))
                 measure = _InProcess(mod, tgt) if tracker is None else _ThroughRunner(mod, tgt, *tools())
                 winner = _sweep(spec, mod, rule, tgt, database, workload, measure, trials, spec_progress, favored)
                 if winner is not None:

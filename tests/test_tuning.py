@@ -83,9 +83,14 @@ def test_sweep_measures_the_default_first_and_resumes(tuned_logs, tmp_path):
     first = _records(tuned_logs)
     copy = tmp_path / "db"
     shutil.copytree(tuned_logs, copy)
-    tuning.tune(SPEC, "host", trials=3, log_dir=copy)
+    tuning.tune(SPEC, "host", trials=3, log_dir=copy, curve=tmp_path / "curve.png")
     traces = [str(r.trace) for r in _records(copy)]
     assert len(traces) == len(first) + 3 and len(set(traces)) == len(traces)  # nothing measured twice
+    # The resumed curve starts from the earlier run's best, and best so far never gets worse.
+    (points,) = json.loads((tmp_path / "curve.png.json").read_text()).values()
+    earlier_best = min(np.mean([float(t) for t in r.run_secs]) for r in first) * 1e6
+    assert points[0]["trial"] == 0 and points[0]["best_us"] == pytest.approx(earlier_best, abs=1e-3)
+    assert all(p["best_us"] <= earlier_best + 1e-3 for p in points)
 
 
 def test_time_budget_stops_the_sweep(tmp_path):
