@@ -29,6 +29,23 @@ def test_info_and_targets(command):
     assert "llvm" in result.stdout
 
 
+@pytest.mark.parametrize("buffered", [False, True])
+def test_output_into_a_closed_pipe_ends_quietly(buffered):
+    # As `dwconv-tvm info --model mobilenet_v2 | head -1`: the reader leaves early. Unbuffered
+    # (PYTHONUNBUFFERED, common in containers) a print fails; buffered, the final flush does.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "dwconv_tvm.cli", "info", "--model", "mobilenet_v2"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+        if not buffered:
+            assert proc.stdout.readline().startswith(b"dwconv-tvm")
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=600) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
 def test_bad_target_is_a_clear_error():
     result = _cli("demo", "--target", "no-such-target")
     assert result.returncode == 2
