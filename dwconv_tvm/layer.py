@@ -450,12 +450,14 @@ class DepthwiseConv2D:
         """TVM tensors sharing the weights' memory, made once per weight array: in-place edits
         show through, and assigning new arrays (`set_weights`, `layer.kernel = ...`) makes new
         views on the next call."""
+        def view(weight):
+            # kernel_input: the same array unless it was made read-only (then an alias, which
+            # does not keep the weight alive: the tuple below does).
+            return None if weight is None else device_view(kernel_input(weight))
+
         views = self._views
         if views is None or views[0] is not kernel or views[1] is not bias:
-            kernel_arg = kernel_input(kernel)  # the same array unless it was made read-only
-            bias_arg = None if bias is None else kernel_input(bias)
-            views = (kernel, bias, device_view(kernel_arg), None if bias is None else device_view(bias_arg),
-                     kernel_arg, bias_arg)
+            views = (kernel, bias, view(kernel), view(bias))
             self._views = views  # one assignment: a concurrent caller sees old or new views whole
         return views[2], views[3]
 

@@ -67,7 +67,7 @@ def kernel_input(array: np.ndarray) -> np.ndarray:
 def device_view(array: np.ndarray) -> Any:
     """A TVM tensor sharing `array`'s memory (C-contiguous, not read-only, as `kernel_input`
     makes it), for arguments that stay the same across calls: the FFI then skips converting
-    them on every call (about 0.1 µs each on znver4). The caller keeps `array` alive."""
+    them on every call (about 0.1 µs each on znver4). The tensor keeps `array` alive."""
     import tvm_ffi
 
     # The kernels are compiled for 4-byte alignment (`compute.relax_alignment`).
