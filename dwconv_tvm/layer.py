@@ -132,6 +132,13 @@ class _Activation:
         return np.asarray(result, dtype=y.dtype)
 
 
+def _weight_view(weight: np.ndarray | None) -> Any:
+    """`device_view` of a weight (None stays None). `kernel_input` returns the weight itself
+    unless it was made read-only; its alias then does not keep the weight alive, so the layer
+    holds the weight beside the view."""
+    return None if weight is None else device_view(kernel_input(weight))
+
+
 class DepthwiseConv2D:
     """2D depthwise convolution layer (Keras 3 `keras.layers.DepthwiseConv2D`) on a TVM kernel.
 
@@ -450,14 +457,9 @@ class DepthwiseConv2D:
         """TVM tensors sharing the weights' memory, made once per weight array: in-place edits
         show through, and assigning new arrays (`set_weights`, `layer.kernel = ...`) makes new
         views on the next call."""
-        def view(weight):
-            # kernel_input: the same array unless it was made read-only (then an alias, which
-            # does not keep the weight alive: the tuple below does).
-            return None if weight is None else device_view(kernel_input(weight))
-
         views = self._views
         if views is None or views[0] is not kernel or views[1] is not bias:
-            views = (kernel, bias, view(kernel), view(bias))
+            views = (kernel, bias, _weight_view(kernel), _weight_view(bias))
             self._views = views  # one assignment: a concurrent caller sees old or new views whole
         return views[2], views[3]
 
