@@ -24,6 +24,7 @@ from .layer import DepthwiseConv2D
 from .models import MODELS
 from .reference import depthwise_reference
 from .spec import DepthwiseSpec
+from .timing import seconds_per_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +45,6 @@ class Shape:
 MOBILENET_V2 = [Shape("MobileNetV2", *layer) for layer in MODELS["mobilenet_v2"]]
 EFFICIENTNET_B0 = [Shape("EfficientNet-B0", *layer) for layer in MODELS["efficientnet_b0"] if layer[1:3] in {(240, 5), (672, 5)} and layer[3] == 1]
 SHAPES = MOBILENET_V2 + EFFICIENTNET_B0
-
-
-def _time_per_call(fn: Callable[[], object], budget_s: float) -> float:
-    """Seconds per call, from as many calls as fit in `budget_s` (at least 3)."""
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if calls >= 3 and elapsed >= budget_s:
-            return elapsed / calls
 
 
 def copy_kernel(n_elements: int, dtype: str = "float32"):
@@ -241,10 +231,10 @@ def run(
                 names = list(impls)[:: -1 if r % 2 else 1]  # no implementation always runs first
                 for name in names:
                     time.sleep(settle_s)
-                    _time_per_call(impls[name], warmup_s)
-                    samples[name].append(_time_per_call(impls[name], budget_s))
+                    seconds_per_call(impls[name], warmup_s, min_calls=3)
+                    samples[name].append(seconds_per_call(impls[name], budget_s, min_calls=3))
             if "numpy" in peers:  # for scale only; slow, so timed once
-                samples["numpy"] = [_time_per_call(lambda: depthwise_reference(spec, x, kernel, bias), 0.0)]
+                samples["numpy"] = [seconds_per_call(lambda: depthwise_reference(spec, x, kernel, bias), 0.0, min_calls=3)]
             del impls
             rows.append((shape, batch, spec, error, samples))
     rate = max(rates)

@@ -38,6 +38,7 @@ from . import cache
 from .compute import depthwise_module
 from .spec import DepthwiseSpec
 from .targets import TargetLike, resolve_target, target_key
+from .timing import seconds_per_call
 
 LOGS_ENV = "DWCONV_TVM_TUNING_LOGS"
 WORKLOADS = "database_workload.json"
@@ -199,17 +200,7 @@ def _time_calls(fn, args) -> list[float]:
     """Seconds per call of `fn(*args)`, one mean per repeat of `EVALUATOR`."""
     for _ in range(3):
         fn(*args)
-    results = []
-    for _ in range(EVALUATOR["repeat"]):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn(*args)
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= EVALUATOR["min_repeat_ms"] / 1e3:
-                break
-        results.append(elapsed / calls)
-    return results
+    return [seconds_per_call(lambda: fn(*args), EVALUATOR["min_repeat_ms"] / 1e3) for _ in range(EVALUATOR["repeat"])]
 
 
 class _InProcess:
