@@ -5,8 +5,10 @@ that swaps it into a model, and BatchNorm folding.
     >>> model = dwconv_tvm.keras.swap_depthwise(keras.applications.MobileNetV2(weights=None))
 
 Only inference goes through the TVM kernel: calls with `training=True`, calls that record
-gradients, and symbolic calls (model building, tracing) run Keras's own implementation, so
-training and saving behave exactly as in Keras.
+gradients (PyTorch autograd), and symbolic calls (model building) run Keras's own
+implementation, so training and saving behave exactly as in Keras. On the JAX backend, traced
+inference (`jax.jit`, Keras's jitted `predict`) runs the kernel as a host callback whose
+gradient is Keras's.
 """
 
 from __future__ import annotations
@@ -64,6 +66,51 @@ def _concrete(inputs) -> bool:
     return isinstance(inputs, np.ndarray)
 
 
+def _jax_traced(inputs, layer) -> bool:
+    """Whether a JAX trace (`jax.jit`, `jax.grad`, ...) sees the inputs or the weights, with
+    the inputs of a static shape (Keras's shape inference traces symbolic dimensions)."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    traced = [inputs, *(w.value for w in layer.weights)]
+    return any(isinstance(t, jax.core.Tracer) for t in traced) and all(isinstance(d, int) for d in inputs.shape)
+
+
+def _jax_host_call(run, reference, output, *args):
+    """`run(*args)` as a host callback inside a JAX trace, differentiated through `reference`.
+
+    XLA's CPU convolution is slow at depthwise (several ms where our kernel takes tens of µs),
+    so traced inference (Keras's jitted `predict`) calls the compiled kernel through
+    `jax.pure_callback`. A callback has no derivative of its own: gradients, should anyone
+    differentiate an inference call, are those of `reference` (Keras's computation).
+
+    Args:
+        run: Computes the result from host (NumPy) arrays.
+        reference: The same function in JAX operations.
+        output: `jax.ShapeDtypeStruct` of the result.
+        *args: The traced arguments.
+    """
+    import jax
+
+    def on_host(*arrays):
+        return run(*(np.asarray(a) for a in arrays))
+
+    @jax.custom_vjp
+    def kernel(*arrays):
+        # Under vmap, one call per example: the kernel is compiled for one example's shape.
+        return jax.pure_callback(on_host, output, *arrays, vmap_method="sequential")
+
+    def forward(*arrays):
+        return kernel(*arrays), arrays
+
+    def backward(arrays, cotangent):
+        return jax.vjp(reference, *arrays)[1](cotangent)
+
+    kernel.defvjp(forward, backward)
+    return kernel(*args)
+
+
 @keras.saving.register_keras_serializable(package="dwconv_tvm")
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` whose inference call runs the TVM kernel.
@@ -71,8 +118,10 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     Same arguments, weights, config and saving as Keras's layer, plus `target`. A call runs the
     kernel when it is inference on concrete host tensors: `training=False` (as `predict`
     passes), or `training=None` where the backend shows no gradient is recorded (PyTorch
-    outside autograd, JAX and NumPy eagerly). Otherwise, and for shapes or dtypes the kernel
-    does not support (e.g. bfloat16), Keras's implementation runs.
+    outside autograd, JAX and NumPy eagerly). On JAX, inference inside a trace (`jax.jit`,
+    `jax.vmap`, `jax.grad`) also runs it, as a host callback differentiated through Keras's
+    computation. Otherwise, and for shapes or dtypes the kernel does not support (e.g.
+    bfloat16), Keras's implementation runs.
 
     Args:
         *args: `keras.layers.DepthwiseConv2D`'s arguments.
@@ -91,36 +140,78 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             config["target"] = self.target
         return config
 
+    def _plan(self, shape: tuple[int, ...], dtype: str) -> tuple[DepthwiseSpec, str | None, bool] | None:
+        """`(spec, fused activation, activation done by the kernel)` for an input shape and
+        dtype, or None where the kernel does not support the configuration."""
+        name = _fusable(self.activation)
+        fused = name if name in FUSED_ACTIVATIONS else None
+        try:
+            spec = DepthwiseSpec.from_keras(
+                shape, self.kernel_size, self.strides, self.padding, self.depth_multiplier, self.data_format,
+                self.dilation_rate, self.use_bias, fused, dtype,
+            )
+        except ValueError:
+            return None
+        return spec, fused, fused is not None or name == "linear"
+
     def _op(self, shape: tuple[int, ...], dtype: str):
-        """`(CompiledOp, activation fused)` for an input shape and dtype, or None where the
-        kernel does not support the configuration (Keras computes those calls)."""
+        """`(CompiledOp, activation done by the kernel)` for an input shape and dtype, or None
+        where the kernel does not support the configuration (Keras computes those calls)."""
         key = (shape, dtype)
         if key not in self._ops:
-            name = _fusable(self.activation)
-            fused = name if name in FUSED_ACTIVATIONS else None
+            plan = self._plan(shape, dtype)
             try:
-                spec = DepthwiseSpec.from_keras(
-                    shape, self.kernel_size, self.strides, self.padding, self.depth_multiplier, self.data_format,
-                    self.dilation_rate, self.use_bias, fused, dtype,
-                )
-                self._ops[key] = (compile_spec(spec, self.target), fused is not None or name == "linear")
+                self._ops[key] = None if plan is None else (compile_spec(plan[0], self.target), plan[2])
             except ValueError:
                 self._ops[key] = None
         return self._ops[key]
 
+    def _weights_as(self, dtype):
+        kernel = keras.ops.cast(self.kernel.value, dtype)
+        return (kernel, keras.ops.cast(self.bias.value, dtype)) if self.use_bias else (kernel,)
+
     def call(self, inputs, training=None):
+        if not training and _jax_traced(inputs, self):
+            return self._traced_call(inputs)
         if training or not _concrete(inputs) or (training is None and _records_gradients(inputs, self)):
             return super().call(inputs)
         found = self._op(tuple(int(d) for d in inputs.shape), str(keras.backend.standardize_dtype(inputs.dtype)))
         if found is None:
             return super().call(inputs)
         op, activation_done = found
-        kernel = keras.ops.cast(self.kernel.value, inputs.dtype)
-        bias = keras.ops.cast(self.bias.value, inputs.dtype) if self.use_bias else None
-        outputs = op(inputs, kernel, bias)  # DLPack in and out: no copies for CPU torch/jax tensors
+        outputs = op(inputs, *self._weights_as(inputs.dtype))  # DLPack in and out: no copies for CPU torch/jax
         if not keras.ops.is_tensor(outputs):
             outputs = keras.ops.convert_to_tensor(outputs)
         # softmax & co. normalize across channels, outside the kernel's per-element epilogue.
+        return outputs if activation_done else self.activation(outputs)
+
+    def _traced_call(self, inputs):
+        """Inference inside a JAX trace: the kernel runs as a host callback when the trace
+        runs, compiled on its first run (so shape inference alone compiles nothing)."""
+        import jax
+
+        shape, dtype = tuple(inputs.shape), str(keras.backend.standardize_dtype(inputs.dtype))
+        plan = self._plan(shape, dtype)
+        if plan is None:
+            return super().call(inputs)
+        spec, fused, activation_done = plan
+
+        def run(*arrays):
+            found = self._op(shape, dtype)
+            if found is None:
+                raise RuntimeError(f"No kernel could be compiled for {spec} on target {self.target!r}.")
+            return found[0](*arrays)
+
+        def reference(x, kernel, bias=None):
+            outputs = keras.ops.depthwise_conv(
+                x, kernel, self.strides, self.padding, self.data_format, self.dilation_rate
+            )
+            if bias is not None:
+                outputs = outputs + (bias if self.data_format == "channels_last" else keras.ops.reshape(bias, (-1, 1, 1)))
+            return self.activation(outputs) if fused else outputs
+
+        output = jax.ShapeDtypeStruct(spec.output_shape, dtype)
+        outputs = _jax_host_call(run, reference, output, inputs, *self._weights_as(inputs.dtype))
         return outputs if activation_done else self.activation(outputs)
 
 
