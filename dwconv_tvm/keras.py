@@ -21,7 +21,7 @@ import numpy as np
 from .activations import ALIASES, FUSED_ACTIVATIONS, POST_ACTIVATIONS
 from .build import compile as compile_spec
 from .spec import DepthwiseSpec
-from .targets import TargetLike
+from .targets import TargetLike, resolve_target
 
 
 def _fusable(activation) -> str | None:
@@ -127,10 +127,16 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         *args: `keras.layers.DepthwiseConv2D`'s arguments.
         target: Where the kernel runs (default `"host"`); see `dwconv_tvm.resolve_target`.
         **kwargs: `keras.layers.DepthwiseConv2D`'s keyword arguments.
+
+    Raises:
+        ValueError: If TVM does not accept `target`; on the first call, if no schedule exists
+            for its kind.
+        TypeError: If `target` is of an unsupported type.
     """
 
     def __init__(self, *args: Any, target: TargetLike = "host", **kwargs: Any):
         super().__init__(*args, **kwargs)
+        resolve_target(target)  # a bad target fails here, not as a silent fallback to Keras
         self.target = target
         self._ops: dict[tuple, Any] = {}  # (input shape, dtype) -> CompiledOp, or None if unsupported
 
@@ -160,10 +166,8 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         key = (shape, dtype)
         if key not in self._ops:
             plan = self._plan(shape, dtype)
-            try:
-                self._ops[key] = None if plan is None else (compile_spec(plan[0], self.target), plan[2])
-            except ValueError:
-                self._ops[key] = None
+            # Compile errors are the target's (no schedule for its kind): raised, not hidden.
+            self._ops[key] = None if plan is None else (compile_spec(plan[0], self.target), plan[2])
         return self._ops[key]
 
     def _weights_as(self, dtype):
@@ -197,10 +201,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         spec, fused, activation_done = plan
 
         def run(*arrays):
-            found = self._op(shape, dtype)
-            if found is None:
-                raise RuntimeError(f"No kernel could be compiled for {spec} on target {self.target!r}.")
-            return found[0](*arrays)
+            return self._op(shape, dtype)[0](*arrays)
 
         def reference(x, kernel, bias=None):
             outputs = keras.ops.depthwise_conv(

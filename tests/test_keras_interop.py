@@ -50,6 +50,16 @@ def test_training_calls_keep_gradients(rng):
     assert _used_kernel(layer)
 
 
+def test_bad_targets_raise_instead_of_falling_back_to_keras():
+    with pytest.raises(ValueError, match="Invalid `target`"):
+        dk.DepthwiseConv2D(3, target="nonsense")
+    with pytest.raises(TypeError, match="`target` must be"):
+        dk.DepthwiseConv2D(3, target=42)
+    layer = dk.DepthwiseConv2D(3, target="c")  # a valid TVM target we have no schedule for
+    with pytest.raises(ValueError, match="No schedule for target kind 'c'"):
+        layer(np.zeros((1, 5, 5, 4), np.float32), training=False)
+
+
 def test_config_round_trip():
     layer = dk.DepthwiseConv2D(3, strides=2, padding="same", activation="relu6", target="host")
     clone = dk.DepthwiseConv2D.from_config(layer.get_config())
