@@ -17,7 +17,7 @@ from pathlib import Path
 from . import cache
 from .runtime import CompiledOp
 from .spec import DepthwiseSpec
-from .targets import TargetLike, resolve_target, target_key
+from .targets import TargetLike, required_cpu_features, resolve_target, target_key
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _memory: dict[tuple[DepthwiseSpec, str], CompiledOp] = {}
@@ -181,6 +181,8 @@ def write_library(executable, spec: DepthwiseSpec, target_text: str, schedule_na
             "sha256": file_digest(path),
             "spec": spec.to_dict(),
             "target": target_text,
+            # NumPy's names: apps check the CPU with them before the first call (else SIGILL).
+            "cpu_features": list(required_cpu_features(target_text)),
             "tvm_version": _tvm_version(),
             "dwconv_tvm_version": __version__,
             "schedule": schedule_name,

@@ -191,6 +191,31 @@ _LLVM_TO_NUMPY_FEATURES = {
 
 
 @functools.lru_cache(maxsize=64)
+def required_cpu_features(text: str) -> tuple[str, ...]:
+    """Instruction-set extensions that kernels for a CPU target may use, by NumPy's names.
+
+    Exports record them in their sidecar, so that an app can check the CPU it runs on without
+    TVM's compiler. GPU targets and installs without TVM's LLVM answer `()`.
+
+    Args:
+        text: The target's canonical JSON text (a sidecar's or `CompiledOp.target`).
+
+    Returns:
+        The names NumPy's `__cpu_features__` uses, e.g. `("AVX", "AVX2", "FMA3")`, sorted.
+    """
+    try:
+        from tvm.target import codegen
+
+        target = resolve_target(text)
+        if target.kind.name != "llvm":
+            return ()
+        wanted = codegen.llvm_get_cpu_features(target)
+    except (ImportError, AttributeError, ValueError):
+        return ()
+    return tuple(sorted({_LLVM_TO_NUMPY_FEATURES[f] for f in wanted if f in _LLVM_TO_NUMPY_FEATURES}))
+
+
+@functools.lru_cache(maxsize=64)
 def missing_cpu_features(text: str) -> tuple[str, ...]:
     """Instruction-set extensions that kernels for a CPU target may use and this CPU lacks.
 
@@ -204,18 +229,14 @@ def missing_cpu_features(text: str) -> tuple[str, ...]:
     Returns:
         NumPy's names of the missing extensions, e.g. `("AVX512F", "AVX512BW")`.
     """
+    from .deploy import host_arch, target_arch
+
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as host_features
-        from tvm.target import codegen
 
-        from .deploy import host_arch, target_arch
-
-        target = resolve_target(text)
-        if target.kind.name != "llvm" or target_arch(target) != host_arch():
+        if target_arch(resolve_target(text)) != host_arch():
             return ()
-        wanted = codegen.llvm_get_cpu_features(target)
-    except (ImportError, AttributeError, ValueError):
+    except (ImportError, ValueError):
         return ()
-    names = sorted({_LLVM_TO_NUMPY_FEATURES[f] for f in wanted if f in _LLVM_TO_NUMPY_FEATURES})
     # NumPy leaves out what it does not probe on this architecture: unknown is not missing.
-    return tuple(n for n in names if host_features.get(n) is False)
+    return tuple(n for n in required_cpu_features(text) if host_features.get(n) is False)

@@ -30,9 +30,26 @@ def load_tvm_runtime() -> None:
     ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL)
 
 
+def check_cpu(library: Path, sidecar: dict) -> None:
+    """Exits with a message where this CPU lacks an extension the library may use: loading
+    would work, and the first call would kill the process (illegal instruction)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as host
+    except ImportError:  # NumPy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as host
+    # NumPy leaves out what it does not probe on this architecture: unknown is not missing.
+    missing = [name for name in sidecar.get("cpu_features", []) if host.get(name) is False]
+    if missing:
+        raise SystemExit(
+            f"{library.name} was compiled for {sidecar['target']}, whose code may use {', '.join(missing)}: "
+            "this CPU lacks them. Export it for this machine (target host) or a baseline such as x86-64-avx2."
+        )
+
+
 def run(library: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """Calls the exported op on `inputs` (by argument name); returns the output."""
     sidecar = json.loads(library.with_suffix(".json").read_text())
+    check_cpu(library, sidecar)
     load_tvm_runtime()
     entry = tvm_ffi.load_module(str(library.resolve()))[sidecar["entry"]]  # dlopen needs a path, not a name
     arguments = []

@@ -71,6 +71,21 @@ def test_export_writes_library_and_sidecar(exported):
     assert DepthwiseSpec.from_dict(sidecar["spec"]) == SPEC
     assert sidecar["tvm_version"] and sidecar["schedule"].startswith(("default:", "tuned:"))
     assert _elf_machine(exported.read_bytes()) == ELF_MACHINE[deploy.host_arch()]
+    if deploy.host_arch() == "x86_64":  # what the app-side CPU check reads
+        assert {"AVX", "SSE42"} <= set(sidecar["cpu_features"])
+
+
+@pytest.fixture(scope="module")
+def foreign_cpu_export(tmp_path_factory):
+    """`(library, extension this CPU lacks)`: an export that loads here and would die of SIGILL."""
+    from numpy._core._multiarray_umath import __cpu_features__ as host
+
+    if deploy.host_arch() != "x86_64":
+        pytest.skip("x86 targets")
+    # Bulldozer's FMA4/XOP and Sapphire Rapids' AVX512-FP16: no CPU has both.
+    cpu, lacking = next((c, f) for c, f in (("bdver2", "FMA4"), ("sapphirerapids", "AVX512FP16")) if not host.get(f))
+    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu}
+    return dwconv_tvm.export(SPEC, tmp_path_factory.mktemp("foreign") / f"dw_{cpu}.so", target), lacking
 
 
 def test_load_checks_calls_against_the_sidecar(exported, rng):
@@ -108,16 +123,10 @@ def test_named_cpu_target_runs_here(tmp_path, rng):
     np.testing.assert_allclose(dwconv_tvm.load(path)(x, k, b), _expected(x, k, b), atol=1e-4)
 
 
-def test_library_for_a_cpu_with_more_extensions_is_refused(tmp_path):
+def test_library_for_a_cpu_with_more_extensions_is_refused(foreign_cpu_export):
     # Loading works, but the first call would die of SIGILL: refuse with a clear error first.
-    from numpy._core._multiarray_umath import __cpu_features__ as host
-
-    if deploy.host_arch() != "x86_64":
-        pytest.skip("x86 targets")
-    # Bulldozer's FMA4/XOP and Sapphire Rapids' AVX512-FP16: no CPU has both.
-    cpu, lacking = next((c, f) for c, f in (("bdver2", "FMA4"), ("sapphirerapids", "AVX512FP16")) if not host.get(f))
-    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu}
-    path = dwconv_tvm.export(SPEC, tmp_path / f"dw_{cpu}.so", target)
+    path, lacking = foreign_cpu_export
+    target = json.loads(path.with_suffix(".json").read_text())["target"]
     with pytest.raises(RuntimeError, match=f"{lacking}.*this CPU lacks"):
         dwconv_tvm.load(path)
     with pytest.raises(RuntimeError, match=lacking):
@@ -198,9 +207,12 @@ def test_cli_compile_errors(args, needle, tmp_path):
     assert result.returncode == 2 and needle in result.stderr, result.stderr
 
 
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
-def test_cpp_app_matches_the_layer(exported, tmp_path, rng):
-    build_dir = tmp_path / "build"
+@pytest.fixture(scope="module")
+def cpp_app(tmp_path_factory):
+    """The C++ example app, built with CMake."""
+    if shutil.which("cmake") is None:
+        pytest.skip("needs cmake")
+    build_dir = tmp_path_factory.mktemp("cpp") / "build"
     configure = subprocess.run(
         ["cmake", "-S", str(ROOT / "examples" / "cpp"), "-B", str(build_dir), f"-DPython_EXECUTABLE={sys.executable}"],
         capture_output=True, text=True, timeout=300,
@@ -208,11 +220,15 @@ def test_cpp_app_matches_the_layer(exported, tmp_path, rng):
     assert configure.returncode == 0, configure.stdout + configure.stderr
     built = subprocess.run(["cmake", "--build", str(build_dir)], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
+    return build_dir / "dwconv_app"
+
+
+def test_cpp_app_matches_the_layer(cpp_app, exported, tmp_path, rng):
     x, k, b = _inputs(SPEC, rng)
     for name, value in (("x", x), ("k", k), ("b", b)):
         value.tofile(tmp_path / f"{name}.bin")
     run = subprocess.run(
-        [str(build_dir / "dwconv_app"), str(exported), "x.bin", "k.bin", "b.bin", "out.bin"],
+        [str(cpp_app), str(exported), "x.bin", "k.bin", "b.bin", "out.bin"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert run.returncode == 0, run.stderr
@@ -221,6 +237,28 @@ def test_cpp_app_matches_the_layer(exported, tmp_path, rng):
     layer.build(SPEC.input_shape)
     layer.set_weights([k, b])
     np.testing.assert_array_equal(out, layer(x))
-    short = subprocess.run([str(build_dir / "dwconv_app"), str(exported), "x.bin", "out.bin"],
+    short = subprocess.run([str(cpp_app), str(exported), "x.bin", "out.bin"],
                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert short.returncode == 2 and "expected 4 tensor files" in short.stderr
+
+
+def test_cpp_app_refuses_a_library_for_a_cpu_with_more_extensions(cpp_app, foreign_cpu_export, tmp_path):
+    path, lacking = foreign_cpu_export
+    for name in ("x", "k", "b"):
+        (tmp_path / f"{name}.bin").write_bytes(b"")
+    run = subprocess.run([str(cpp_app), str(path), "x.bin", "k.bin", "b.bin", "out.bin"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 3 and lacking in run.stderr and "this CPU lacks" in run.stderr, run.stderr
+
+
+def test_runtime_only_python_app_refuses_a_library_for_a_cpu_with_more_extensions(foreign_cpu_export, tmp_path):
+    path, lacking = foreign_cpu_export
+    for name in ("x", "k", "b"):
+        np.save(tmp_path / f"{name}.npy", np.zeros(1, np.float32))
+    app = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "runtime_only.py"), str(path), "--x", "x.npy", "--kernel", "k.npy",
+         "--bias", "b.npy", "--out", "y.npy"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert app.returncode == 1 and lacking in app.stderr and "this CPU lacks" in app.stderr, app.stderr
+    assert not (tmp_path / "y.npy").exists()

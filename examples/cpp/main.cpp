@@ -15,10 +15,13 @@
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
 
+#include <cctype>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -55,6 +58,41 @@ std::string Sidecar(const std::string& library) {
   return library.substr(0, library.rfind('.')) + ".json";
 }
 
+// The sidecar names CPU extensions as NumPy does; Linux's /proc/cpuinfo mostly lowercases them.
+std::string CpuinfoFlag(const std::string& numpy_name) {
+  static const std::map<std::string, std::string> renamed = {
+      {"FMA3", "fma"},           {"SSE41", "sse4_1"},           {"SSE42", "sse4_2"},
+      {"LZCNT", "abm"},          {"BMI", "bmi1"},               {"AVX512BF16", "avx512_bf16"},
+      {"AVX512VNNI", "avx512_vnni"}, {"AVX512VBMI2", "avx512_vbmi2"}, {"AVX512BITALG", "avx512_bitalg"},
+      {"AVX512VPOPCNTDQ", "avx512_vpopcntdq"}, {"AVX512FP16", "avx512_fp16"}};
+  auto found = renamed.find(numpy_name);
+  if (found != renamed.end()) return found->second;
+  std::string flag = numpy_name;
+  for (char& c : flag) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return flag;
+}
+
+// Extensions the library may use that this CPU lacks: its first call would die of SIGILL.
+// Empty where /proc/cpuinfo cannot be read (not Linux): unknown is not missing.
+std::vector<std::string> MissingCpuFeatures(const ffi::Array<ffi::Any>& wanted) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::set<std::string> flags;
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("flags", 0) == 0 || line.rfind("Features", 0) == 0) {  // x86 / aarch64
+      std::istringstream words(line.substr(line.find(':') + 1));
+      for (std::string word; words >> word;) flags.insert(word);
+      break;
+    }
+  }
+  std::vector<std::string> missing;
+  if (flags.empty()) return missing;
+  for (const ffi::Any& name : wanted) {
+    const std::string feature(name.cast<ffi::String>());
+    if (!flags.count(CpuinfoFlag(feature))) missing.push_back(feature);
+  }
+  return missing;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -66,6 +104,17 @@ int main(int argc, char** argv) {
     const std::string library = argv[1];
     ffi::Map<ffi::String, ffi::Any> sidecar =
         ffi::json::Parse(ReadText(Sidecar(library))).cast<ffi::Map<ffi::String, ffi::Any>>();
+    if (sidecar.count("cpu_features")) {
+      std::vector<std::string> missing = MissingCpuFeatures(sidecar["cpu_features"].cast<ffi::Array<ffi::Any>>());
+      if (!missing.empty()) {
+        std::cerr << library << " was compiled for " << std::string(sidecar["target"].cast<ffi::String>())
+                  << ", whose code may use";
+        for (const std::string& feature : missing) std::cerr << " " << feature;
+        std::cerr << ": this CPU lacks them, and the first call would die of an illegal instruction. "
+                     "Export it for this machine (target host) or a baseline such as x86-64-avx2.\n";
+        return 3;
+      }
+    }
     auto specs = sidecar["arguments"].cast<ffi::Array<ffi::Any>>();
     if (static_cast<size_t>(argc - 2) != specs.size()) {
       std::cerr << "expected " << specs.size() << " tensor files after the library\n";
