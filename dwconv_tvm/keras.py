@@ -205,7 +205,8 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
         def reference(x, kernel, bias=None):
             outputs = keras.ops.depthwise_conv(
-                x, kernel, self.strides, self.padding, self.data_format, self.dilation_rate
+                x, kernel, strides=self.strides, padding=self.padding, data_format=self.data_format,
+                dilation_rate=self.dilation_rate,
             )
             if bias is not None:
                 outputs = outputs + (bias if self.data_format == "channels_last" else keras.ops.reshape(bias, (-1, 1, 1)))
