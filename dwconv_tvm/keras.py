@@ -5,10 +5,10 @@ that swaps it into a model, and BatchNorm folding.
     >>> model = dwconv_tvm.keras.swap_depthwise(keras.applications.MobileNetV2(weights=None))
 
 Only inference goes through the TVM kernel: calls with `training=True`, calls that record
-gradients (PyTorch autograd), and symbolic calls (model building) run Keras's own
-implementation, so training and saving behave exactly as in Keras. On the JAX backend, traced
-inference (`jax.jit`, Keras's jitted `predict`) runs the kernel as a host callback whose
-gradient is Keras's.
+gradients (PyTorch autograd), symbolic calls (model building) and TensorFlow graphs run
+Keras's own implementation, so training and saving behave exactly as in Keras. On the JAX
+backend, traced inference (`jax.jit`, Keras's jitted `predict`) runs the kernel as a host
+callback; there and under a TensorFlow GradientTape, the kernel's gradient is Keras's.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _records_gradients(inputs, layer) -> bool:
         return torch.is_grad_enabled() and (
             inputs.requires_grad or any(w.value.requires_grad for w in layer.trainable_weights)
         )
-    return backend == "tensorflow"  # a GradientTape cannot be seen from here: only training=False
+    return False  # JAX traces and TensorFlow tapes get Keras's gradient through a custom one
 
 
 def _concrete(inputs) -> bool:
@@ -111,6 +111,41 @@ def _jax_host_call(run, reference, output, *args):
     return kernel(*args)
 
 
+def _tf_tape_active() -> bool:
+    """Whether a TensorFlow GradientTape may be recording (True where TF cannot tell us)."""
+    try:
+        from tensorflow.python.eager import record  # TF's own check; no public API has it
+    except ImportError:
+        return True
+    return record.could_possibly_record()
+
+
+def _tf_eager_call(run, reference, *args):
+    """`run(*args)` on eager TensorFlow tensors, differentiated through `reference`.
+
+    The kernel's NumPy result carries no gradient: a tape over an inference call would get
+    None. Under a tape, the call goes through `tf.custom_gradient`, and the tape gets Keras's
+    gradient (`reference`, recomputed in TensorFlow for the backward pass). Without one, the
+    kernel runs directly: the wrapper costs hundreds of µs per call in eager mode.
+    """
+    import tensorflow as tf
+
+    if not _tf_tape_active():
+        return run(*args)
+
+    @tf.custom_gradient
+    def kernel(*tensors):
+        def backward(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch(tensors)
+                expected = reference(*tensors)
+            return tape.gradient(expected, tensors, output_gradients=upstream)
+
+        return tf.convert_to_tensor(run(*tensors)), backward
+
+    return kernel(*args)
+
+
 @keras.saving.register_keras_serializable(package="dwconv_tvm")
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` whose inference call runs the TVM kernel.
@@ -118,10 +153,10 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     Same arguments, weights, config and saving as Keras's layer, plus `target`. A call runs the
     kernel when it is inference on concrete host tensors: `training=False` (as `predict`
     passes), or `training=None` where the backend shows no gradient is recorded (PyTorch
-    outside autograd, JAX and NumPy eagerly). On JAX, inference inside a trace (`jax.jit`,
-    `jax.vmap`, `jax.grad`) also runs it, as a host callback differentiated through Keras's
-    computation. Otherwise, and for shapes or dtypes the kernel does not support (e.g.
-    bfloat16), Keras's implementation runs.
+    outside autograd, JAX, TensorFlow and NumPy eagerly). On JAX, inference inside a trace
+    (`jax.jit`, `jax.vmap`, `jax.grad`) also runs it, as a host callback. JAX traces and
+    TensorFlow tapes differentiate such calls through Keras's computation. Otherwise, and for
+    shapes or dtypes the kernel does not support (e.g. bfloat16), Keras's implementation runs.
 
     Args:
         *args: `keras.layers.DepthwiseConv2D`'s arguments.
@@ -183,7 +218,11 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if found is None:
             return super().call(inputs)
         op, activation_done = found
-        outputs = op(inputs, *self._weights_as(inputs.dtype))  # DLPack in and out: no copies for CPU torch/jax
+        args = (inputs, *self._weights_as(inputs.dtype))
+        if keras.backend.backend() == "tensorflow":
+            outputs = _tf_eager_call(op, self._reference(inputs.shape, inputs.dtype), *args)
+        else:
+            outputs = op(*args)  # DLPack in and out: no copies for CPU torch/jax
         if not keras.ops.is_tensor(outputs):
             outputs = keras.ops.convert_to_tensor(outputs)
         # softmax & co. normalize across channels, outside the kernel's per-element epilogue.
@@ -198,10 +237,19 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         plan = self._plan(shape, dtype)
         if plan is None:
             return super().call(inputs)
-        spec, fused, activation_done = plan
+        spec, _, activation_done = plan
 
         def run(*arrays):
             return self._op(shape, dtype)[0](*arrays)
+
+        output = jax.ShapeDtypeStruct(spec.output_shape, dtype)
+        outputs = _jax_host_call(run, self._reference(shape, dtype), output, inputs, *self._weights_as(inputs.dtype))
+        return outputs if activation_done else self.activation(outputs)
+
+    def _reference(self, shape, dtype):
+        """Keras's computation of what the kernel returns for this input shape and dtype (the
+        activation included when the kernel fuses it), for gradients in backward passes."""
+        fused = self._plan(tuple(shape), str(keras.backend.standardize_dtype(dtype)))[1]
 
         def reference(x, kernel, bias=None):
             outputs = keras.ops.depthwise_conv(
@@ -212,9 +260,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
                 outputs = outputs + (bias if self.data_format == "channels_last" else keras.ops.reshape(bias, (-1, 1, 1)))
             return self.activation(outputs) if fused else outputs
 
-        output = jax.ShapeDtypeStruct(spec.output_shape, dtype)
-        outputs = _jax_host_call(run, reference, output, inputs, *self._weights_as(inputs.dtype))
-        return outputs if activation_done else self.activation(outputs)
+        return reference
 
 
 def swap_depthwise(model: keras.Model, target: TargetLike = "host") -> keras.Model:
