@@ -181,9 +181,9 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             config["target"] = self.target
         return config
 
-    def _plan(self, shape: tuple[int, ...], dtype: str) -> tuple[DepthwiseSpec, str | None, bool] | None:
-        """`(spec, fused activation, activation done by the kernel)` for an input shape and
-        dtype, or None where the kernel does not support the configuration."""
+    def _plan(self, shape: tuple[int, ...], dtype: str) -> tuple[DepthwiseSpec, bool] | None:
+        """`(spec, activation done by the kernel)` for an input shape and dtype, or None where
+        the kernel does not support the configuration. A linear activation counts as done."""
         name = _fusable(self.activation)
         fused = name if name in FUSED_ACTIVATIONS else None
         try:
@@ -193,7 +193,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             )
         except ValueError:
             return None
-        return spec, fused, fused is not None or name == "linear"
+        return spec, fused is not None or name == "linear"
 
     def _op(self, shape: tuple[int, ...], dtype: str):
         """`(CompiledOp, activation done by the kernel)` for an input shape and dtype, or None
@@ -202,7 +202,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if key not in self._ops:
             plan = self._plan(shape, dtype)
             # Compile errors are the target's (no schedule for its kind): raised, not hidden.
-            self._ops[key] = None if plan is None else (compile_spec(plan[0], self.target), plan[2])
+            self._ops[key] = None if plan is None else (compile_spec(plan[0], self.target), plan[1])
         return self._ops[key]
 
     def _weights_as(self, dtype):
@@ -220,7 +220,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         op, activation_done = found
         args = (inputs, *self._weights_as(inputs.dtype))
         if keras.backend.backend() == "tensorflow":
-            outputs = _tf_eager_call(op, self._reference(inputs.shape, inputs.dtype), *args)
+            outputs = _tf_eager_call(op, self._reference(activation_done), *args)
         else:
             outputs = op(*args)  # DLPack in and out: no copies for CPU torch/jax
         if not keras.ops.is_tensor(outputs):
@@ -237,19 +237,18 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         plan = self._plan(shape, dtype)
         if plan is None:
             return super().call(inputs)
-        spec, _, activation_done = plan
+        spec, activation_done = plan
 
         def run(*arrays):
             return self._op(shape, dtype)[0](*arrays)
 
         output = jax.ShapeDtypeStruct(spec.output_shape, dtype)
-        outputs = _jax_host_call(run, self._reference(shape, dtype), output, inputs, *self._weights_as(inputs.dtype))
+        outputs = _jax_host_call(run, self._reference(activation_done), output, inputs, *self._weights_as(inputs.dtype))
         return outputs if activation_done else self.activation(outputs)
 
-    def _reference(self, shape, dtype):
-        """Keras's computation of what the kernel returns for this input shape and dtype (the
-        activation included when the kernel fuses it), for gradients in backward passes."""
-        fused = self._plan(tuple(shape), str(keras.backend.standardize_dtype(dtype)))[1]
+    def _reference(self, activation_done: bool):
+        """Keras's computation of what the kernel returns (the activation included where the
+        kernel applies it), for gradients in backward passes."""
 
         def reference(x, kernel, bias=None):
             outputs = keras.ops.depthwise_conv(
@@ -258,7 +257,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             )
             if bias is not None:
                 outputs = outputs + (bias if self.data_format == "channels_last" else keras.ops.reshape(bias, (-1, 1, 1)))
-            return self.activation(outputs) if fused else outputs
+            return self.activation(outputs) if activation_done else outputs
 
         return reference
 
