@@ -61,14 +61,13 @@ def schedule_for(spec: DepthwiseSpec, target, use_records: bool = True):
     """
     from tvm import s_tir
 
-    from . import schedules, tuning
+    from . import records, schedules
     from .compute import depthwise_module
 
     if use_records:
-        found = tuning.best_record(spec, target)
+        found = records.best_record(spec, target)
         if found is not None:
-            sch, source, _ = found
-            return sch.mod, f"tuned:{source}:{tuning.schedule_fingerprint(sch)}"
+            return found.schedule.mod, f"tuned:{found.source}:{records.schedule_fingerprint(found.schedule)}"
     rule = schedules.for_target(target)
     if rule is None:
         raise ValueError(

@@ -110,7 +110,8 @@ def _duration_s(text: str | None) -> float | None:
 
 def _tune(args: argparse.Namespace) -> int:
     from .targets import resolve_target
-    from .tuning import tune, user_log_dir
+    from .records import user_log_dir
+    from .tuning import tune
 
     specs = _specs_from_args(args)
     budget = _duration_s(args.time_budget)
@@ -134,7 +135,7 @@ def _info(args: argparse.Namespace) -> int:
     from . import __version__
     from .cache import cache_root
     from .targets import resolve_target, target_key
-    from .tuning import best_record, shipped_log_dir, user_log_dir
+    from .records import best_record, shipped_log_dir, user_log_dir
 
     tgt = resolve_target(args.target)
     print(f"dwconv-tvm {__version__}, TVM {tvm.__version__}")
@@ -148,9 +149,16 @@ def _info(args: argparse.Namespace) -> int:
             if found is None:
                 used = "hand-written default"
             else:
-                source, _, related = found[1].partition("-")
+                source, _, related = found.source.partition("-")
                 via = ", the record of the same convolution with another epilogue" if related else ""
-                used = f"tuned ({source} logs{via}), recorded {found[2] * 1e6:.1f} us"
+                if found.kept_default:
+                    used = (f"hand-written default, kept by the side-by-side check ({source} logs{via}), "
+                            f"{found.seconds * 1e6:.1f} us")
+                elif found.default_seconds is not None:
+                    used = (f"tuned ({source} logs{via}), {found.seconds * 1e6:.1f} us side by side with "
+                            f"the default's {found.default_seconds * 1e6:.1f} us")
+                else:
+                    used = f"tuned ({source} logs{via}), recorded {found.seconds * 1e6:.1f} us"
             print(f"{spec.key}: {used}")
     return 0
 
@@ -204,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd = sub.add_parser("tune", help="auto-tune layers for a target with MetaSchedule")
     _add_spec_arguments(tune_cmd)
     tune_cmd.add_argument("--trials", type=int, default=None,
-                          help="measured candidates per layer (default 64, or unlimited with --time-budget)")
+                          help="measured candidates per layer (default 64, or unlimited with --time-budget; "
+                               "0: only re-judge the records there side by side)")
     tune_cmd.add_argument("--time-budget", default=None, help="wall time for all layers: 900, 900s, 15m, 1h")
     tune_cmd.add_argument("--target", default="host")
     tune_cmd.add_argument("--log-dir", default=None, help="database folder (default: user logs of the target)")

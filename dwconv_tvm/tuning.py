@@ -1,31 +1,23 @@
-"""Auto-tuning with MetaSchedule, and the tuned records that `compile` applies.
+"""Auto-tuning with MetaSchedule into the target's log folder (see `records` for where records
+live and which one `compile` applies).
 
-Records live in one MetaSchedule JSON database per target key (`llvm-znver4`, `cuda-sm_90`),
-because MetaSchedule looks records up by workload alone and would otherwise hand one
-machine's schedule to another:
-
-- user logs: `$DWCONV_TVM_TUNING_LOGS/<key>/`, else `<cache folder>/tuning_logs/<key>/`;
-- shipped logs: `tuning_logs/<key>/` in the repository, installed as `dwconv_tvm.tuning_logs`
-  (read-only at run time).
-
-`compile` uses the best user record, else the best shipped record, else the hand-written
-template's default. The search space is that template (its knobs) together with MetaSchedule's
-generated space, and the template's default is measured and recorded first, so a tuned kernel
-is never slower than the untuned one as measured.
+Per spec: the template's knob combinations are measured first (its default first), then
+MetaSchedule's evolutionary search runs over the template together with MetaSchedule's
+generated space, and a final check times the fastest schedules and the default side by side;
+its verdict is what `compile` applies, so a tuned kernel is never slower than the untuned one
+as measured side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import math
 import os
 import shutil
 import signal
+import statistics
 import tempfile
 import threading
 import time
@@ -36,147 +28,10 @@ from typing import TextIO
 
 from . import cache
 from .compute import depthwise_module
+from .records import RECORDS, WORKLOADS, _database, _mean, record_choice, repair, trace_id, user_log_dir
 from .spec import DepthwiseSpec
 from .targets import TargetLike, resolve_target, target_key
 from .timing import seconds_per_call
-
-LOGS_ENV = "DWCONV_TVM_TUNING_LOGS"
-WORKLOADS = "database_workload.json"
-RECORDS = "database_tuning_record.json"
-
-
-def user_log_dir(target: TargetLike) -> Path:
-    """The user's tuning database folder for `target`."""
-    root = os.environ.get(LOGS_ENV)
-    base = Path(root).expanduser() if root else cache.cache_root() / "tuning_logs"
-    return base / target_key(target)
-
-
-def shipped_log_dir(target: TargetLike) -> Path:
-    """The shipped (read-only) tuning database folder for `target`."""
-    import dwconv_tvm.tuning_logs as shipped
-
-    return Path(shipped.__file__).resolve().parent / target_key(target)
-
-
-def _has_records(folder: Path) -> bool:
-    return (folder / RECORDS).is_file() and (folder / WORKLOADS).is_file()
-
-
-def _valid_lines(path: Path) -> tuple[list[str], int]:
-    """The lines of a MetaSchedule JSON-lines file that parse, and how many did not (a tuner
-    killed mid-write leaves a torn last line, which MetaSchedule's loader rejects whole)."""
-    good, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        good.append(line)
-    return good, bad
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines))
-
-
-def repair(folder: Path) -> int:
-    """Drops unparsable lines from a database folder in place (atomically); returns how many."""
-    dropped = 0
-    for name in (WORKLOADS, RECORDS):
-        path = Path(folder) / name
-        if not path.is_file():
-            continue
-        good, bad = _valid_lines(path)
-        if bad:
-            dropped += bad
-            cache.atomic_write(path, lambda tmp, good=good: _write_lines(tmp, good))
-    if dropped:
-        warnings.warn(f"Dropped {dropped} damaged line(s) from the tuning log {folder}.", stacklevel=2)
-    return dropped
-
-
-@functools.lru_cache(maxsize=16)
-def _database(folder: str, records_mtime: float):
-    """A loaded JSON database (reloaded when the records file changes). Damaged lines are
-    skipped with a warning, from a sanitized copy: shipped logs are read-only."""
-    from tvm.s_tir import meta_schedule as ms
-
-    lines = {name: _valid_lines(Path(folder) / name) for name in (WORKLOADS, RECORDS)}
-    bad = sum(b for _, b in lines.values())
-    if bad:
-        warnings.warn(f"Skipping {bad} damaged line(s) in the tuning log {folder}.", stacklevel=4)
-    # The loader reads the files once into memory and this database is never committed to,
-    # so a sanitized copy only has to exist while it loads.
-    with tempfile.TemporaryDirectory(prefix="dwconv-tvm-log-") as copy:
-        source = Path(copy) if bad else Path(folder)
-        if bad:
-            for name, (good, _) in lines.items():
-                _write_lines(source / name, good)
-        try:
-            return ms.database.JSONDatabase(
-                path_workload=str(source / WORKLOADS), path_tuning_record=str(source / RECORDS), allow_missing=False
-            )
-        except Exception as err:  # a foreign or inconsistent file: MetaSchedule's loader raises
-            warnings.warn(f"Skipping the unusable tuning log {folder}: {str(err).splitlines()[-1]}", stacklevel=4)
-            return None
-
-
-def _related(spec: DepthwiseSpec) -> list[DepthwiseSpec]:
-    """Workloads whose records also fit `spec`: itself, then the same convolution with other
-    epilogues (without bias and activation, as model sets are tuned; with bias). The epilogue
-    is fused into the `output` block, so their schedules' traces replay on `spec`."""
-    plain = dataclasses.replace(spec, bias=False, activation=None)
-    return list(dict.fromkeys([spec, plain, dataclasses.replace(plain, bias=True)]))
-
-
-def best_record(spec: DepthwiseSpec, target) -> tuple[object, str, float] | None:
-    """The schedule to use from tuning records, if any: the spec's own records (user logs, then
-    shipped logs), else those of the same convolution with another epilogue (`_related`).
-
-    Args:
-        spec: The workload.
-        target: A resolved `tvm.target.Target`.
-
-    Returns:
-        `(tvm.s_tir.Schedule, source, seconds)` with source `"user"` or `"shipped"` (plus
-        `"-related"` for another epilogue's record), or None.
-    """
-    from tvm import s_tir
-
-    databases = []
-    for source, folder in (("user", user_log_dir(target)), ("shipped", shipped_log_dir(target))):
-        if _has_records(folder):
-            database = _database(str(folder), (folder / RECORDS).stat().st_mtime)
-            if database is not None:
-                databases.append((source, database))
-    for index, candidate in enumerate(_related(spec)):
-        mod = depthwise_module(candidate)
-        for source, database in databases:
-            if not database.has_workload(mod):
-                continue
-            records = database.get_top_k(database.commit_workload(mod), 1)
-            if not records:
-                continue
-            sch = s_tir.Schedule(depthwise_module(spec))
-            try:
-                records[0].trace.apply_to_schedule(sch, remove_postproc=False)
-            except Exception:  # TVM's schedule errors: this record does not fit the spec
-                continue
-            return sch, source if index == 0 else f"{source}-related", _mean(records[0].run_secs)
-    return None
-
-
-def _mean(run_secs) -> float:
-    return float(sum(float(s) for s in run_secs) / len(run_secs))
-
-
-def schedule_fingerprint(sch) -> str:
-    """A short hash of a schedule's trace, so the kernel cache tells tuned kernels apart."""
-    return hashlib.sha256(str(sch.trace).encode()).hexdigest()[:12]
 
 
 def _f_build(mod, target, _params):
@@ -194,13 +49,19 @@ def _f_build(mod, target, _params):
 EVALUATOR = {"number": 1, "repeat": 3, "min_repeat_ms": 40}
 UNLIMITED = 1 << 30  # trials when only a time budget is given
 CONFIRMED = 3  # the search's best new candidates, re-measured with the sweep's protocol
+FINALISTS = 4  # the fastest distinct records timed beside the default in the final check
+FINAL_ROUNDS = 5  # its rounds; each times every finalist once, in alternating order
+# A tuned schedule replaces the default only if it is faster by more than this in the final
+# check: closer than that is noise on a shared machine, and the default is the tested one.
+DEFAULT_MARGIN = 0.02
 
 
-def _time_calls(fn, args) -> list[float]:
-    """Seconds per call of `fn(*args)`, one mean per repeat of `EVALUATOR`."""
+def _time_calls(fn, args, repeat: int = EVALUATOR["repeat"]) -> list[float]:
+    """Seconds per call of `fn(*args)` after three untimed calls, one mean per window of
+    `EVALUATOR`'s length, `repeat` windows."""
     for _ in range(3):
         fn(*args)
-    return [seconds_per_call(lambda: fn(*args), EVALUATOR["min_repeat_ms"] / 1e3) for _ in range(EVALUATOR["repeat"])]
+    return [seconds_per_call(lambda: fn(*args), EVALUATOR["min_repeat_ms"] / 1e3) for _ in range(repeat)]
 
 
 class _InProcess:
@@ -241,6 +102,23 @@ class _InProcess:
                 results.append([float(t) for t in timer(*self.args).results])
         return results
 
+    def side_by_side(self, mods, rounds: int) -> list[list[float] | None]:
+        """Seconds per call of each module, one sample per round; every round times each module
+        once, in alternating order, so that all of them see the same phases of a noisy machine."""
+        import tvm
+
+        libs = [tvm.tirx.build(mod, target=self.target) for mod in mods]
+        if self.on_cpu:
+            timers = [lambda fn=lib["main"]: _time_calls(fn, self.args, repeat=1)[0] for lib in libs]
+        else:
+            evaluators = [lib.time_evaluator("main", self.device, **{**EVALUATOR, "repeat": 1}) for lib in libs]
+            timers = [lambda ev=ev: float(ev(*self.args).results[0]) for ev in evaluators]
+        samples: list[list[float] | None] = [[] for _ in mods]
+        for r in range(rounds):
+            for i in range(len(timers)) if r % 2 == 0 else reversed(range(len(timers))):
+                samples[i].append(timers[i]())
+        return samples
+
 
 class _ThroughRunner:
     """Builds with MetaSchedule's builder and measures with its runner (a TVM RPC fleet)."""
@@ -255,22 +133,40 @@ class _ThroughRunner:
         self.device = "cpu" if target.kind.name == "llvm" else target.kind.name
 
     def __call__(self, mods) -> list[list[float] | None]:
+        return self._run(mods, list(range(len(mods))))
+
+    def side_by_side(self, mods, rounds: int) -> list[list[float] | None]:
+        """Seconds per call of each module, one sample (a runner measurement's mean) per round,
+        rounds in alternating order; None for a module that failed in any round. Built once."""
+        forward = list(range(len(mods)))
+        order = [i for r in range(rounds) for i in (forward if r % 2 == 0 else forward[::-1])]
+        samples: list[list[float] | None] = [[] for _ in mods]
+        for i, run_secs in zip(order, self._run(mods, order)):
+            if samples[i] is not None:
+                samples[i] = samples[i] + [_mean(run_secs)] if run_secs else None
+        return samples
+
+    def _run(self, mods, order: list[int]) -> list[list[float] | None]:
+        """Builds each module once, then measures them in `order` (the runner works through its
+        inputs one at a time); returns the run times of each entry of `order`, None if it failed."""
         from tvm.s_tir import meta_schedule as ms
 
         built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in mods])
-        results: list[list[float] | None] = [None] * len(mods)
-        runnable = [i for i, b in enumerate(built) if not b.error_msg]
-        futures = self.runner.run([
-            ms.runner.RunnerInput(built[i].artifact_path, self.device, self.args_info) for i in runnable
-        ])
-        for i, future in zip(runnable, futures):
-            result = future.result()
-            if not result.error_msg:
-                results[i] = [float(t) for t in result.run_secs]
-        for b in built:  # each artifact sits in a temporary folder of its own
-            if b.artifact_path:
-                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-        return results
+        try:
+            results: list[list[float] | None] = [None] * len(order)
+            runnable = [k for k, i in enumerate(order) if not built[i].error_msg]
+            futures = self.runner.run([
+                ms.runner.RunnerInput(built[order[k]].artifact_path, self.device, self.args_info) for k in runnable
+            ])
+            for k, future in zip(runnable, futures):
+                result = future.result()
+                if not result.error_msg:
+                    results[k] = [float(t) for t in result.run_secs]
+            return results
+        finally:
+            for b in built:  # each artifact sits in a temporary folder of its own
+                if b.artifact_path:
+                    shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -306,6 +202,12 @@ class _Progress:
         (at trial 0) are that record's, not only what this run measures."""
         self.best = latency
         self.curve.append((0, 0.0, latency))
+
+    def note(self, text: str) -> None:
+        """A line under the progress bar."""
+        if self.stream is not None:
+            self.stream.write(f"\n    {text}" if self.done else f"{self.label}\n    {text}")
+            self.stream.flush()
 
     def expired(self) -> bool:
         """Past the spec's deadline, or the user asked to stop."""
@@ -509,6 +411,43 @@ def _search(mod, rule, spec, target, database, workload, measure, builder, runne
             database.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, run_secs, target, args_info))
 
 
+def _final_check(spec, mod, rule, target, database, workload, measure, folder: Path, progress) -> None:
+    """Times the template's default and the fastest distinct records (`FINALISTS`) side by side
+    and stores the verdict in the folder's `choices.json`: the fastest by median, unless the
+    default is within `DEFAULT_MARGIN` of it."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    default = s_tir.Schedule(mod)
+    rule.schedule(default, spec, target)
+    records = database.get_top_k(workload, 1 << 30)
+    finalists = {trace_id(default.trace): default.mod}
+    for record in records:
+        if len(finalists) > FINALISTS:
+            break
+        if trace_id(record.trace) not in finalists:
+            sch = s_tir.Schedule(mod)
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+            finalists[trace_id(record.trace)] = sch.mod
+    if len(finalists) < 2:
+        return
+    ids = list(finalists)
+    samples = measure.side_by_side(list(finalists.values()), FINAL_ROUNDS)
+    medians = {i: statistics.median(s) * 1e6 for i, s in zip(ids, samples) if s}
+    if ids[0] not in medians:
+        return
+    fastest = min(medians, key=medians.get)
+    chosen = fastest if medians[fastest] * (1 + DEFAULT_MARGIN) < medians[ids[0]] else ids[0]
+    if chosen == ids[0] and all(trace_id(r.trace) != chosen for r in records):  # cut off before the sweep got to it
+        args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        database.commit_tuning_record(ms.database.TuningRecord(default.trace, workload, samples[0], target, args_info))
+    record_choice(folder, spec.key, chosen, medians, ids[0])
+    others = min(v for i, v in medians.items() if i != ids[0]) if len(medians) > 1 else math.nan
+    verdict = (f"the default stays, {medians[ids[0]]:.1f} us (fastest tuned {others:.1f} us)" if chosen == ids[0]
+               else f"tuned {medians[chosen]:.1f} us beats the default's {medians[ids[0]]:.1f} us")
+    progress.note(f"side by side: {verdict}; medians of {FINAL_ROUNDS} rounds over {len(ids)} schedules")
+
+
 def _parse_tracker(rpc_tracker: str | None, rpc_key: str | None):
     if rpc_tracker is None:
         if rpc_key is not None:
@@ -524,8 +463,10 @@ def _parse_tracker(rpc_tracker: str | None, rpc_key: str | None):
 
 
 def _check_budget(trials, time_budget_s) -> tuple[int, float]:
-    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
-        raise ValueError(f"`trials` must be a positive int or None. Received: trials={trials!r}")
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 0):
+        raise ValueError(
+            f"`trials` must be a non-negative int (0: only the final side-by-side check) or None. Received: trials={trials!r}"
+        )
     if time_budget_s is not None and (
         isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float)) or not time_budget_s > 0
     ):
@@ -572,11 +513,16 @@ def tune(
     cost model) runs over the template together with MetaSchedule's generated space for the
     trials left. Existing records are kept; a resumed run skips what was measured and the
     search warm-starts from the records. Each record is written as soon as it is measured.
+    Last, a final check times the fastest distinct records and the template's default side by
+    side (`FINAL_ROUNDS` alternating rounds) and stores the verdict in `choices.json`, which is
+    what `compile` applies: the fastest by median, unless the default is within `DEFAULT_MARGIN`.
 
     Args:
         specs: One spec or a list.
         target: The target to tune for.
-        trials: Measured candidates per spec (None: no limit but the time budget).
+        trials: Measured candidates per spec (None: no limit but the time budget; 0: only the
+            final check, which re-judges the records already there, e.g. logs tuned by an
+            earlier version or on a busy machine).
         time_budget_s: Wall-clock budget for all specs, shared out evenly (time a spec leaves
             unused passes to the next).
         log_dir: Database folder (default: the user log folder of the target).
@@ -655,6 +601,8 @@ def tune(
                 left = trials - spec_progress.done
                 if left > 0 and not spec_progress.expired():
                     _search(mod, rule, spec, tgt, database, workload, measure, *tools(), left, spec_progress)
+                if not stop.is_set():
+                    _final_check(spec, mod, rule, tgt, database, workload, measure, folder, spec_progress)
                 seen = _file_state(folder)
             if progress is not None:
                 progress.write("\n")

@@ -9,13 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
 from numpy._core._multiarray_umath import __cpu_features__ as HOST_FEATURES
 
 import dwconv_tvm
-from dwconv_tvm import DepthwiseSpec, build, tuning
+from dwconv_tvm import DepthwiseSpec, build, records, tuning
+from dwconv_tvm.compute import depthwise_module
 from reference import ACTIVATIONS, depthwise
 
 SPEC = DepthwiseSpec.from_keras((1, 10, 10, 32), 3, 1, "same", activation="relu6")
@@ -34,7 +36,7 @@ def tuned_logs(tmp_path_factory):
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("DWCONV_TVM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DWCONV_TVM_TUNING_LOGS", str(tmp_path / "user"))
-    monkeypatch.setattr(tuning, "shipped_log_dir", lambda target: tmp_path / "shipped" / dwconv_tvm.target_key(target))
+    monkeypatch.setattr(records, "shipped_log_dir", lambda target: tmp_path / "shipped" / dwconv_tvm.target_key(target))
     monkeypatch.setattr(build, "_memory", {})
     return tmp_path
 
@@ -58,16 +60,19 @@ def _check_numerics(op, rng):
 
 
 def test_database_files_and_seeded_default(tuned_logs):
-    assert (tuned_logs / tuning.WORKLOADS).is_file() and (tuned_logs / tuning.RECORDS).is_file()
-    lines = (tuned_logs / tuning.RECORDS).read_text().splitlines()
+    assert (tuned_logs / records.WORKLOADS).is_file() and (tuned_logs / records.RECORDS).is_file()
+    lines = (tuned_logs / records.RECORDS).read_text().splitlines()
     assert len(lines) >= 2  # the measured default plus searched candidates
 
 
-def _records(folder):
+def _database(folder):
     from tvm.s_tir import meta_schedule as ms
 
-    database = ms.database.JSONDatabase(str(folder / tuning.WORKLOADS), str(folder / tuning.RECORDS))
-    return database.get_all_tuning_records()
+    return ms.database.JSONDatabase(str(folder / records.WORKLOADS), str(folder / records.RECORDS))
+
+
+def _records(folder):
+    return _database(folder).get_all_tuning_records()
 
 
 def test_sweep_measures_the_default_first_and_resumes(tuned_logs, tmp_path):
@@ -76,8 +81,8 @@ def test_sweep_measures_the_default_first_and_resumes(tuned_logs, tmp_path):
     from dwconv_tvm.schedules import common, cpu
 
     with common.forced_knobs() as plan:
-        cpu.schedule(s_tir.Schedule(tuning.depthwise_module(SPEC)), SPEC, dwconv_tvm.resolve_target("host"))
-    first_line = json.loads((tuned_logs / tuning.RECORDS).read_text().splitlines()[0])
+        cpu.schedule(s_tir.Schedule(depthwise_module(SPEC)), SPEC, dwconv_tvm.resolve_target("host"))
+    first_line = json.loads((tuned_logs / records.RECORDS).read_text().splitlines()[0])
     decisions = [decision for _, decision in first_line[1][0][1]]  # [workload, [[insts, decisions], ...]]
     assert decisions == plan.chosen
     first = _records(tuned_logs)
@@ -103,15 +108,15 @@ def test_time_budget_stops_the_sweep(tmp_path):
 
 
 def test_no_records_means_default(isolated):
-    assert tuning.best_record(SPEC, dwconv_tvm.resolve_target("host")) is None
+    assert records.best_record(SPEC, dwconv_tvm.resolve_target("host")) is None
     assert dwconv_tvm.compile(SPEC).schedule == "default:llvm"
 
 
 def test_user_records_are_applied(isolated, tuned_logs, rng):
     host = dwconv_tvm.resolve_target("host")
     _install(tuned_logs, isolated / "user", host)
-    sch, source, seconds = tuning.best_record(SPEC, host)
-    assert source == "user" and seconds > 0
+    found = records.best_record(SPEC, host)
+    assert found.source == "user" and found.seconds > 0 and found.default_seconds > 0
     op = dwconv_tvm.compile(SPEC)
     assert op.schedule.startswith("tuned:user:")
     assert op.path != build.kernel_path(SPEC, host, "default:llvm")  # cache knows the record
@@ -133,8 +138,8 @@ def test_records_of_another_epilogue_apply(isolated, rng):
     # Model sets are tuned without bias and activation; a layer with both reuses those records.
     plain = dataclasses.replace(SPEC, bias=False, activation=None)
     host = dwconv_tvm.resolve_target("host")
-    tuning.tune(plain, trials=2, log_dir=tuning.user_log_dir(host))
-    assert tuning.best_record(plain, host)[1] == "user"
+    tuning.tune(plain, trials=2, log_dir=records.user_log_dir(host))
+    assert records.best_record(plain, host).source == "user"
     op = dwconv_tvm.compile(SPEC)
     assert op.schedule.startswith("tuned:user-related:")
     _check_numerics(op, rng)
@@ -143,12 +148,103 @@ def test_records_of_another_epilogue_apply(isolated, rng):
 def test_records_are_per_target(isolated, tuned_logs):
     _install(tuned_logs, isolated / "user", dwconv_tvm.resolve_target("host"))
     other = dwconv_tvm.resolve_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
-    assert tuning.best_record(SPEC, other) is None  # another CPU never gets this machine's records
+    assert records.best_record(SPEC, other) is None  # another CPU never gets this machine's records
+
+
+class _Timed:
+    """Stands in for the tuner's measurement in the final check: fixed medians by position,
+    the template default first."""
+
+    def __init__(self, default_us, others_us):
+        self.times = [default_us, *others_us]
+        self.rounds = None
+
+    def side_by_side(self, mods, rounds):
+        self.rounds = rounds
+        return [[self.times[min(i, len(self.times) - 1)] * 1e-6] * rounds for i in range(len(mods))]
+
+
+def _final_check(folder, default_us, others_us):
+    from tvm import s_tir
+
+    from dwconv_tvm.schedules import cpu
+
+    host = dwconv_tvm.resolve_target("host")
+    mod = depthwise_module(SPEC)
+    database = _database(folder)
+    progress = tuning._Progress("spec", 1, float("inf"), None, None)
+    timed = _Timed(default_us, others_us)
+    tuning._final_check(SPEC, mod, cpu, host, database, database.commit_workload(mod), timed, folder, progress)
+    default = s_tir.Schedule(mod)
+    cpu.schedule(default, SPEC, host)
+    return json.loads((folder / records.CHOICES).read_text())["choices"][SPEC.key], records.trace_id(default.trace)
+
+
+def test_final_check_keeps_the_default_unless_clearly_faster(tuned_logs, tmp_path):
+    folder = tmp_path / "db"
+    shutil.copytree(tuned_logs, folder)
+    verdict, default = _final_check(folder, 10.0, [9.9, 9.95])  # within the 2% margin: noise
+    assert verdict["chosen"] == default == verdict["default"] and verdict["median_us"][default] == 10.0
+    assert len(verdict["median_us"]) >= 2
+    verdict, default = _final_check(folder, 10.0, [9.0, 8.0])  # the second-fastest finalist wins
+    assert verdict["chosen"] != default and verdict["median_us"][verdict["chosen"]] == 8.0
+
+
+def test_zero_trials_only_rejudges(tuned_logs, tmp_path):
+    folder = tmp_path / "db"
+    shutil.copytree(tuned_logs, folder)
+    (folder / records.CHOICES).unlink()  # as in logs tuned before the final check existed
+    before = (folder / records.RECORDS).read_text()
+    tuning.tune(SPEC, trials=0, log_dir=folder)
+    assert (folder / records.RECORDS).read_text() == before
+    verdict = json.loads((folder / records.CHOICES).read_text())["choices"][SPEC.key]
+    assert verdict["chosen"] in verdict["median_us"] and len(verdict["median_us"]) >= 2
+
+
+def test_verdict_decides_over_the_fastest_record(isolated, tuned_logs):
+    """A verdict naming a slower-recorded schedule wins: records from different minutes of a
+    shared machine are not comparable, the side-by-side verdict is."""
+    host = dwconv_tvm.resolve_target("host")
+    folder = _install(tuned_logs, isolated / "user", host)
+    (folder / records.CHOICES).unlink()
+    fastest = records.best_record(SPEC, host)
+    assert fastest.default_seconds is None  # no verdict: the fastest record, as recorded
+    database = _database(folder)
+    ranked = database.get_top_k(database.commit_workload(depthwise_module(SPEC)), 10)
+    slower = records.trace_id(ranked[1].trace)
+    data = {"choices": {SPEC.key: {"chosen": slower, "default": slower, "median_us": {slower: 12.5}}}}
+    (folder / records.CHOICES).write_text(json.dumps(data))
+    found = records.best_record(SPEC, host)
+    assert records.trace_id(found.schedule.trace) != records.trace_id(fastest.schedule.trace)
+    assert found.seconds == pytest.approx(12.5e-6) and found.default_seconds == found.seconds and found.kept_default
+    assert dwconv_tvm.compile(SPEC).schedule == f"tuned:user:{records.schedule_fingerprint(found.schedule)}"
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"choices": [1, 2]}', '{"choices": {"%s": {"chosen": 3}}}'])
+def test_damaged_verdicts_fall_back_to_the_fastest_record(isolated, tuned_logs, content):
+    host = dwconv_tvm.resolve_target("host")
+    folder = _install(tuned_logs, isolated / "user", host)
+    (folder / records.CHOICES).write_text(content.replace("%s", SPEC.key))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = records.best_record(SPEC, host)
+    assert found.source == "user" and found.default_seconds is None
+    if "chosen" not in content:
+        assert any("unreadable tuning verdicts" in str(w.message) for w in caught)
+
+
+def test_tuning_sets_damaged_verdicts_aside(tuned_logs, tmp_path):
+    folder = tmp_path / "db"
+    shutil.copytree(tuned_logs, folder)
+    (folder / records.CHOICES).write_text("{torn")
+    with pytest.warns(UserWarning, match="set aside"):
+        _final_check(folder, 10.0, [12.0])
+    assert [p.read_text() for p in folder.glob(f"{records.CHOICES}.unusable-*")] == ["{torn"]
 
 
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(specs=[], trials=4), "specs"),
-    (dict(specs=SPEC, trials=0), "trials"),
+    (dict(specs=SPEC, trials=-1), "trials"),
     (dict(specs=SPEC, trials=4, target={"kind": "c"}), "template"),
     (dict(specs=SPEC, trials=None, time_budget_s=0), "time_budget_s"),
     (dict(specs=SPEC, rpc_tracker="localhost", rpc_key="k"), "host:port"),
@@ -188,6 +284,7 @@ def test_cli_tune_search_phase_curve_then_info(tmp_path):
     assert tune.returncode == 0, tune.stderr
     assert "10/10 trials" in tune.stderr and "best" in tune.stderr  # the progress line
     assert "Total trials" not in tune.stdout + tune.stderr  # MetaSchedule's tables stay out
+    assert "side by side: " in tune.stderr  # the final check's verdict
     folder = tmp_path / "logs" / dwconv_tvm.target_key("host")
     assert len(_records(folder)) >= 9
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -198,7 +295,9 @@ def test_cli_tune_search_phase_curve_then_info(tmp_path):
     assert best == sorted(best, reverse=True)  # best so far never gets worse
     info = _cli("info", *layer, env=env)
     assert info.returncode == 0, info.stderr
-    assert "tuned (user logs), recorded" in info.stdout
+    # The final check timed the fastest records beside the default; its verdict is what applies.
+    assert "side by side with the default's" in info.stdout or "kept by the side-by-side check" in info.stdout
+    assert len(json.loads((folder / records.CHOICES).read_text())["choices"]) == 1
     bad = _cli("tune", "--model", "nope", env=env)
     assert bad.returncode == 2 and "Unknown model" in bad.stderr
     bad = _cli("tune", *layer, "--time-budget", "soon", env=env)
@@ -209,23 +308,23 @@ def test_torn_log_line_is_skipped_and_repaired(isolated, tuned_logs, rng):
     # What a tuner killed in the middle of writing a record leaves behind.
     host = dwconv_tvm.resolve_target("host")
     folder = _install(tuned_logs, isolated / "user", host)
-    complete = (folder / tuning.RECORDS).read_text().splitlines()
-    with open(folder / tuning.RECORDS, "a") as f:
+    complete = (folder / records.RECORDS).read_text().splitlines()
+    with open(folder / records.RECORDS, "a") as f:
         f.write('[0, [[["SampleCategor')
     with pytest.warns(UserWarning, match="damaged"):
         op = dwconv_tvm.compile(SPEC)
     assert op.schedule.startswith("tuned:user:")  # the complete records still apply
     _check_numerics(op, rng)
     with pytest.warns(UserWarning, match="Dropped 1 damaged"):
-        assert tuning.repair(folder) == 1
-    assert (folder / tuning.RECORDS).read_text().splitlines() == complete
-    assert tuning.repair(folder) == 0
+        assert records.repair(folder) == 1
+    assert (folder / records.RECORDS).read_text().splitlines() == complete
+    assert records.repair(folder) == 0
 
 
 def test_foreign_file_in_log_folder_is_skipped(isolated, tuned_logs):
     host = dwconv_tvm.resolve_target("host")
     folder = _install(tuned_logs, isolated / "user", host)
-    (folder / tuning.WORKLOADS).write_text("this is not a tuning log\n")
+    (folder / records.WORKLOADS).write_text("this is not a tuning log\n")
     with pytest.warns(UserWarning) as caught:
         op = dwconv_tvm.compile(SPEC)
     messages = " ".join(str(w.message) for w in caught)
@@ -236,13 +335,13 @@ def test_foreign_file_in_log_folder_is_skipped(isolated, tuned_logs):
 def test_tune_sets_an_unusable_log_aside(tmp_path):
     folder = tmp_path / "db"
     folder.mkdir()
-    (folder / tuning.WORKLOADS).write_text("not a tuning log\n")
-    (folder / tuning.RECORDS).write_text('[0, ["foreign"]]\n')
+    (folder / records.WORKLOADS).write_text("not a tuning log\n")
+    (folder / records.RECORDS).write_text('[0, ["foreign"]]\n')
     with pytest.warns(UserWarning) as caught:
         tuning._open_for_tuning(folder)
     messages = " ".join(str(w.message) for w in caught)
     assert "Dropped 1 damaged" in messages and "renamed" in messages
-    assert sorted(p.name.split(".unusable-")[0] for p in folder.glob("*.unusable-*")) == sorted([tuning.RECORDS, tuning.WORKLOADS])
+    assert sorted(p.name.split(".unusable-")[0] for p in folder.glob("*.unusable-*")) == sorted([records.RECORDS, records.WORKLOADS])
 
 
 def _spawn_tuner(folder, *args, shape="1,30,30,32", stderr=subprocess.PIPE):
@@ -257,7 +356,7 @@ def _spawn_tuner(folder, *args, shape="1,30,30,32", stderr=subprocess.PIPE):
 def _wait_for_records(folder, count, proc, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        path = folder / tuning.RECORDS
+        path = folder / records.RECORDS
         if path.is_file() and len(path.read_text().splitlines()) >= count:
             return
         assert proc.poll() is None, proc.communicate()
@@ -300,7 +399,7 @@ def test_a_second_tuner_waits_for_the_lock(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         time.sleep(0.5)
-        assert not (folder / tuning.RECORDS).exists()  # nothing written while the lock is held
+        assert not (folder / records.RECORDS).exists()  # nothing written while the lock is held
     proc.communicate(timeout=300)
     assert proc.returncode == 0, log.read_text()
     assert len(_records(folder)) == 2
@@ -327,5 +426,7 @@ def test_tune_through_an_rpc_tracker(tmp_path):
     with LocalRPC(tracker_key="dwconv-test", silent=True) as rpc:
         tuning.tune(SPEC, "host", trials=3, log_dir=tmp_path / "db",
                     rpc_tracker=f"{rpc.tracker_host}:{rpc.tracker_port}", rpc_key="dwconv-test")
-    records = _records(tmp_path / "db")
-    assert len(records) == 3 and all(float(s) > 0 for r in records for s in r.run_secs)
+    measured = _records(tmp_path / "db")
+    assert len(measured) == 3 and all(float(s) > 0 for r in measured for s in r.run_secs)
+    verdict = json.loads((tmp_path / "db" / records.CHOICES).read_text())["choices"][SPEC.key]  # timed remotely too
+    assert len(verdict["median_us"]) == 3 and all(us > 0 for us in verdict["median_us"].values())

@@ -1,0 +1,263 @@
+"""Where tuning records live, and which schedule `compile` takes from them.
+
+Records live in one MetaSchedule JSON database per target key (`llvm-znver4`, `cuda-sm_90`),
+because MetaSchedule looks records up by workload alone and would otherwise hand one
+machine's schedule to another:
+
+- user logs: `$DWCONV_TVM_TUNING_LOGS/<key>/`, else `<cache folder>/tuning_logs/<key>/`;
+- shipped logs: `tuning_logs/<key>/` in the repository, installed as `dwconv_tvm.tuning_logs`
+  (read-only at run time).
+
+Beside the two database files, `choices.json` holds each workload's verdict of the tuner's
+final check: its fastest schedules and the template's default timed side by side, in
+alternating order, after the search. Records measured minutes apart on a shared machine are
+not comparable (this 2-vCPU VM swings up to 2x between phases: one shipped default was recorded
+at 33 us and re-timed at 15 us), so where a verdict exists it decides, not the lowest record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+from . import cache
+from .compute import depthwise_module
+from .spec import DepthwiseSpec
+from .targets import TargetLike, target_key
+
+LOGS_ENV = "DWCONV_TVM_TUNING_LOGS"
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+CHOICES = "choices.json"
+
+
+def user_log_dir(target: TargetLike) -> Path:
+    """The user's tuning database folder for `target`."""
+    root = os.environ.get(LOGS_ENV)
+    base = Path(root).expanduser() if root else cache.cache_root() / "tuning_logs"
+    return base / target_key(target)
+
+
+def shipped_log_dir(target: TargetLike) -> Path:
+    """The shipped (read-only) tuning database folder for `target`."""
+    import dwconv_tvm.tuning_logs as shipped
+
+    return Path(shipped.__file__).resolve().parent / target_key(target)
+
+
+def _has_records(folder: Path) -> bool:
+    return (folder / RECORDS).is_file() and (folder / WORKLOADS).is_file()
+
+
+def _valid_lines(path: Path) -> tuple[list[str], int]:
+    """The lines of a MetaSchedule JSON-lines file that parse, and how many did not (a tuner
+    killed mid-write leaves a torn last line, which MetaSchedule's loader rejects whole)."""
+    good, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        good.append(line)
+    return good, bad
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def repair(folder: Path) -> int:
+    """Drops unparsable lines from a database folder in place (atomically); returns how many."""
+    dropped = 0
+    for name in (WORKLOADS, RECORDS):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        good, bad = _valid_lines(path)
+        if bad:
+            dropped += bad
+            cache.atomic_write(path, lambda tmp, good=good: _write_lines(tmp, good))
+    if dropped:
+        warnings.warn(f"Dropped {dropped} damaged line(s) from the tuning log {folder}.", stacklevel=2)
+    return dropped
+
+
+@functools.lru_cache(maxsize=16)
+def _database(folder: str, records_mtime: float):
+    """A loaded JSON database (reloaded when the records file changes). Damaged lines are
+    skipped with a warning, from a sanitized copy: shipped logs are read-only."""
+    from tvm.s_tir import meta_schedule as ms
+
+    lines = {name: _valid_lines(Path(folder) / name) for name in (WORKLOADS, RECORDS)}
+    bad = sum(b for _, b in lines.values())
+    if bad:
+        warnings.warn(f"Skipping {bad} damaged line(s) in the tuning log {folder}.", stacklevel=4)
+    # The loader reads the files once into memory and this database is never committed to,
+    # so a sanitized copy only has to exist while it loads.
+    with tempfile.TemporaryDirectory(prefix="dwconv-tvm-log-") as copy:
+        source = Path(copy) if bad else Path(folder)
+        if bad:
+            for name, (good, _) in lines.items():
+                _write_lines(source / name, good)
+        try:
+            return ms.database.JSONDatabase(
+                path_workload=str(source / WORKLOADS), path_tuning_record=str(source / RECORDS), allow_missing=False
+            )
+        except Exception as err:  # a foreign or inconsistent file: MetaSchedule's loader raises
+            warnings.warn(f"Skipping the unusable tuning log {folder}: {str(err).splitlines()[-1]}", stacklevel=4)
+            return None
+
+
+def _related(spec: DepthwiseSpec) -> list[DepthwiseSpec]:
+    """Workloads whose records also fit `spec`: itself, then the same convolution with other
+    epilogues (without bias and activation, as model sets are tuned; with bias). The epilogue
+    is fused into the `output` block, so their schedules' traces replay on `spec`."""
+    plain = dataclasses.replace(spec, bias=False, activation=None)
+    return list(dict.fromkeys([spec, plain, dataclasses.replace(plain, bias=True)]))
+
+
+def _mean(run_secs) -> float:
+    return float(sum(float(s) for s in run_secs) / len(run_secs))
+
+
+def schedule_fingerprint(sch) -> str:
+    """A short hash of a schedule's trace, so the kernel cache tells tuned kernels apart."""
+    return hashlib.sha256(str(sch.trace).encode()).hexdigest()[:12]
+
+
+def trace_id(trace) -> str:
+    """A short hash of a record's trace: how `choices.json` names a schedule."""
+    return hashlib.sha256(str(trace).encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=16)
+def _choices(path: str, mtime_ns: int) -> dict:
+    data = cache.read_json(Path(path))
+    if data is None or not isinstance(data.get("choices"), dict):
+        warnings.warn(f"Ignoring the unreadable tuning verdicts {path}: the fastest records apply instead.", stacklevel=4)
+        return {}
+    return data["choices"]
+
+
+def read_choices(folder: Path) -> dict:
+    """The side-by-side verdicts of a log folder, by workload key (empty if there are none)."""
+    path = Path(folder) / CHOICES
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return {}
+    return _choices(str(path), mtime_ns)
+
+
+def record_choice(folder: Path, key: str, chosen: str, side_by_side_us: dict[str, float], default: str) -> None:
+    """Stores one workload's verdict (under the folder's tuning lock, so read-modify-write is
+    safe; the file is replaced atomically). An unreadable file is set aside, not overwritten.
+
+    Args:
+        folder: The log folder.
+        key: The workload's spec key.
+        chosen: `trace_id` of the schedule to use.
+        side_by_side_us: Median microseconds of every schedule compared, by `trace_id`.
+        default: `trace_id` of the template's default among them.
+    """
+    path = Path(folder) / CHOICES
+    data = cache.read_json(path) if path.exists() else {"choices": {}}
+    if data is None or not isinstance(data.get("choices"), dict):
+        aside = path.with_name(f"{CHOICES}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        warnings.warn(f"The tuning verdicts {path} could not be read; set aside as {aside.name}.", stacklevel=3)
+        data = {"choices": {}}
+    data["choices"][key] = {"chosen": chosen, "default": default, "median_us": side_by_side_us,
+                            "checked": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    cache.atomic_write_json(path, data)
+
+
+class Chosen(NamedTuple):
+    """The tuned schedule `compile` applies to a spec.
+
+    `source` is `"user"` or `"shipped"`, plus `"-related"` for another epilogue's record;
+    `seconds` its latency (from the final check where there is one, else its record);
+    `default_seconds` the template default's, timed beside it in the final check (else None);
+    `kept_default` whether the final check found nothing faster than the default.
+    """
+
+    schedule: object
+    source: str
+    seconds: float
+    default_seconds: float | None = None
+    kept_default: bool = False
+
+
+def _verdict(choices: dict, key: str) -> dict | None:
+    """A workload's verdict if it is well formed (the file may be hand-edited), else None."""
+    verdict = choices.get(key)
+    try:
+        medians = verdict["median_us"]
+        float(medians[verdict["chosen"]]), float(medians[verdict["default"]])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return verdict
+
+
+def _pick(database, workload, verdict: dict | None):
+    """The verdict's record if it names one in the database, else the fastest record."""
+    if verdict is not None:
+        for record in database.get_top_k(workload, 1 << 30):
+            if trace_id(record.trace) == verdict["chosen"]:
+                return record
+    records = database.get_top_k(workload, 1)
+    return records[0] if records else None
+
+
+def best_record(spec: DepthwiseSpec, target) -> Chosen | None:
+    """The schedule to use from tuning records, if any: the spec's own records (user logs, then
+    shipped logs), else those of the same convolution with another epilogue (`_related`). In a
+    folder, the final check's verdict decides; without one, the fastest record.
+
+    Args:
+        spec: The workload.
+        target: A resolved `tvm.target.Target`.
+
+    Returns:
+        A `Chosen`, or None.
+    """
+    from tvm import s_tir
+
+    databases = []
+    for source, folder in (("user", user_log_dir(target)), ("shipped", shipped_log_dir(target))):
+        if _has_records(folder):
+            database = _database(str(folder), (folder / RECORDS).stat().st_mtime)
+            if database is not None:
+                databases.append((source, database, read_choices(folder)))
+    for index, candidate in enumerate(_related(spec)):
+        mod = depthwise_module(candidate)
+        for source, database, choices in databases:
+            if not database.has_workload(mod):
+                continue
+            verdict = _verdict(choices, candidate.key)
+            record = _pick(database, database.commit_workload(mod), verdict)
+            if record is None:
+                continue
+            sch = s_tir.Schedule(depthwise_module(spec))
+            try:
+                record.trace.apply_to_schedule(sch, remove_postproc=False)
+            except Exception:  # TVM's schedule errors: this record does not fit the spec
+                continue
+            source = source if index == 0 else f"{source}-related"
+            if verdict is None or verdict["chosen"] != trace_id(record.trace):
+                return Chosen(sch, source, _mean(record.run_secs))
+            medians = verdict["median_us"]
+            return Chosen(sch, source, float(medians[verdict["chosen"]]) / 1e6, float(medians[verdict["default"]]) / 1e6,
+                          kept_default=verdict["chosen"] == verdict["default"])
+    return None
