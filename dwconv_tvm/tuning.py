@@ -190,12 +190,30 @@ def _metaschedule_logging():
 
 
 class _Progress:
-    """Trials, best latency and the tuning curve of one spec; draws one progress line."""
+    """Trials, best latency and the tuning curve of one spec; draws its progress line (one per
+    pass of the tuner over the specs) and notes under it."""
 
     def __init__(self, label: str, total: int, deadline: float, stream: TextIO | None, stop: threading.Event):
         self.label, self.total, self.deadline, self.stream, self.stop = label, total, deadline, stream, stop
         self.done, self.best, self.start = 0, math.inf, time.monotonic()
-        self.curve: list[tuple[int, float, float]] = []  # (trial, seconds since start, best latency)
+        self.curve: list[tuple[int, float, float]] = []  # (trial, seconds working on it, best latency)
+        self.paused_at: float | None = None
+        self.line_open = False  # a progress line is drawn and not yet ended
+
+    def pause(self) -> None:
+        """Ends this pass's line; the time until `resume` does not count as spent on the spec."""
+        self.paused_at = time.monotonic()
+        if self.line_open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.line_open = False
+
+    def resume(self, deadline: float) -> None:
+        """Continues the spec in a later pass, with a new deadline."""
+        if self.paused_at is not None:
+            self.start += time.monotonic() - self.paused_at
+            self.paused_at = None
+        self.deadline = deadline
 
     def resume_from(self, latency: float) -> None:
         """Starts from the best record of an earlier run: the bar's and the curve's best so far
@@ -204,10 +222,11 @@ class _Progress:
         self.curve.append((0, 0.0, latency))
 
     def note(self, text: str) -> None:
-        """A line under the progress bar."""
+        """A line under the progress line (under the spec's label if this pass drew none)."""
         if self.stream is not None:
-            self.stream.write(f"\n    {text}" if self.done else f"{self.label}\n    {text}")
+            self.stream.write(f"\n    {text}" if self.line_open else f"{self.label}\n    {text}")
             self.stream.flush()
+            self.line_open = True
 
     def expired(self) -> bool:
         """Past the spec's deadline, or the user asked to stop."""
@@ -233,6 +252,7 @@ class _Progress:
         best = f"{self.best * 1e6:.1f} us" if self.best < math.inf else "-"
         self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (20 - filled)}] {count}, best {best}, ETA {eta:.0f} s ")
         self.stream.flush()
+        self.line_open = True
 
 
 def _search_callback(progress: _Progress):
@@ -338,8 +358,9 @@ def _open_for_tuning(folder: Path):
 
 def _sweep(spec, mod, rule, target, database, workload, measure, trials, progress, favored) -> tuple | None:
     """Measures the template's knob combinations (its default first, then the combinations
-    that won on earlier specs, then the rest) until `trials` or the deadline; each record is
-    committed as soon as it is measured. Returns the knob values of the fastest, if any."""
+    that won on earlier specs, then the rest) until `trials` or the deadline (the first batch
+    runs even past it, so every spec gets its default measured); each record is committed as
+    soon as it is measured. Returns the knob values of the fastest, if any."""
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
@@ -359,7 +380,7 @@ def _sweep(spec, mod, rule, target, database, workload, measure, trials, progres
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
     best, best_values = math.inf, None
     for start in range(0, len(candidates), measure.batch):
-        if progress.expired():
+        if progress.stop.is_set() or (start and progress.expired()):  # the first batch runs even past the deadline
             break
         batch = candidates[start:start + measure.batch]
         for (sch, values), run_secs in zip(batch, measure([sch.mod for sch, _ in batch])):
@@ -508,10 +529,10 @@ def tune(
 ) -> Path:
     """Tunes each spec for `target` and adds the records to the target's database.
 
-    Per spec, first the template's knob combinations are measured (its default first, then
-    the combinations that won on earlier specs), then MetaSchedule's evolutionary search (XGBoost
-    cost model) runs over the template together with MetaSchedule's generated space for the
-    trials left. Existing records are kept; a resumed run skips what was measured and the
+    First, per spec, the template's knob combinations are measured (its default first, then
+    the combinations that won on earlier specs); then, per spec, MetaSchedule's evolutionary
+    search (XGBoost cost model) runs over the template together with MetaSchedule's generated
+    space for the trials left. Existing records are kept; a resumed run skips what was measured and the
     search warm-starts from the records. Each record is written as soon as it is measured.
     Last, a final check times the fastest distinct records and the template's default side by
     side (`FINAL_ROUNDS` alternating rounds) and stores the verdict in `choices.json`, which is
@@ -523,8 +544,8 @@ def tune(
         trials: Measured candidates per spec (None: no limit but the time budget; 0: only the
             final check, which re-judges the records already there, e.g. logs tuned by an
             earlier version or on a busy machine).
-        time_budget_s: Wall-clock budget for all specs, shared out evenly (time a spec leaves
-            unused passes to the next).
+        time_budget_s: Wall-clock budget for all specs, shared out evenly in each pass (time a
+            spec leaves unused passes to the next; the sweeps' unused time to the searches).
         log_dir: Database folder (default: the user log folder of the target).
         rpc_tracker: `"host:port"` of a TVM RPC tracker: measure on the devices registered
             under `rpc_key` (kernels are built here, for `target`). Default: this machine.
@@ -575,38 +596,58 @@ def tune(
 
     end = time.monotonic() + budget
     favored: list[tuple] = []
-    curves = {}
-    database, seen = None, None  # the open database, and its files as this tuner left them
+    state = {"database": None, "seen": None}  # the open database, and its files as this tuner left them
+
+    @contextlib.contextmanager
+    def locked(mod):
+        """The folder's lock, the database (reloaded only when another tuner wrote to the
+        folder since this one released the lock: loading takes seconds once logs hold a few
+        model sets) and the workload of `mod`."""
+        with _exclusive(folder, progress):
+            if state["database"] is None or _file_state(folder) != state["seen"]:
+                state["database"] = _open_for_tuning(folder)
+            database = state["database"]
+            yield database, database.commit_workload(mod)
+            state["seen"] = _file_state(folder)
+        _database.cache_clear()
+
+    def measuring(mod):
+        return _InProcess(mod, tgt) if tracker is None else _ThroughRunner(mod, tgt, *tools())
+
+    jobs: list[tuple[DepthwiseSpec, object, _Progress]] = []
     with _graceful_interrupt(progress) as stop:
+        # Pass 1, every layer's template sweep: that is where tuning finds its gains (seconds
+        # per layer), so a time budget spent searching early layers never leaves a later one
+        # without its sweep. A layer reached past the deadline still gets its default measured.
         for index, spec in enumerate(specs, start=1):
             if stop.is_set():
                 break
             deadline = time.monotonic() + (end - time.monotonic()) / (len(specs) - index + 1)
             spec_progress = _Progress(f"[{index}/{len(specs)}] {spec.key}", trials, deadline, progress, stop)
-            curves[spec.key] = spec_progress.curve
             mod = depthwise_module(spec)
-            with _exclusive(folder, progress):
-                # Loading takes seconds once logs hold a few model sets: reload only when another
-                # tuner wrote to the folder since this one released the lock.
-                if database is None or _file_state(folder) != seen:
-                    database = _open_for_tuning(folder)
-                workload = database.commit_workload(mod)
+            with locked(mod) as (database, workload):
                 earlier = database.get_top_k(workload, 1)
                 if earlier:
                     spec_progress.resume_from(_mean(earlier[0].run_secs))
-                measure = _InProcess(mod, tgt) if tracker is None else _ThroughRunner(mod, tgt, *tools())
-                winner = _sweep(spec, mod, rule, tgt, database, workload, measure, trials, spec_progress, favored)
-                if winner is not None:
-                    favored.insert(0, winner)
+                winner = _sweep(spec, mod, rule, tgt, database, workload, measuring(mod), trials, spec_progress, favored)
+            if winner is not None:
+                favored.insert(0, winner)
+            spec_progress.pause()
+            jobs.append((spec, mod, spec_progress))
+        # Pass 2, per layer: MetaSchedule's search for the trials left, then the final check.
+        for index, (spec, mod, spec_progress) in enumerate(jobs):
+            if stop.is_set():
+                break
+            spec_progress.resume(time.monotonic() + (end - time.monotonic()) / (len(jobs) - index))
+            with locked(mod) as (database, workload):
+                measure = measuring(mod)
                 left = trials - spec_progress.done
                 if left > 0 and not spec_progress.expired():
                     _search(mod, rule, spec, tgt, database, workload, measure, *tools(), left, spec_progress)
                 if not stop.is_set():
                     _final_check(spec, mod, rule, tgt, database, workload, measure, folder, spec_progress)
-                seen = _file_state(folder)
-            if progress is not None:
-                progress.write("\n")
-            _database.cache_clear()
+            spec_progress.pause()
+    curves = {spec.key: spec_progress.curve for spec, _, spec_progress in jobs}
     if curve is not None:
         write_curve(curves, Path(curve), title=f"Tuning {target_key(tgt)}")
     return folder
@@ -633,9 +674,12 @@ def write_curve(curves: dict[str, list[tuple[int, float, float]]], path: Path, t
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    for key, points in curves.items():
-        if points:
-            ax.step([p[0] for p in points], [p[2] * 1e6 for p in points], where="post", label=_short_label(key))
+    drawn = [(key, points) for key, points in curves.items() if points]
+    for i, (key, points) in enumerate(drawn):
+        # The color cycle has 10 colors and model sets have up to 12 layers: the line style
+        # tells the 11th from the 1st; the marker shows a layer with one point.
+        ax.step([p[0] for p in points], [p[2] * 1e6 for p in points], where="post", label=_short_label(key),
+                linestyle=("-", "--", ":")[i // 10 % 3], marker="o", markevery=[0], markersize=3)
     ax.set(xlabel="trials", ylabel="best latency (us)", yscale="log", title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

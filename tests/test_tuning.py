@@ -107,6 +107,29 @@ def test_time_budget_stops_the_sweep(tmp_path):
     assert elapsed < 20
 
 
+SMALL = DepthwiseSpec.from_keras((1, 8, 8, 16), 3, 1, "same")  # 18 template combinations
+
+
+def test_every_layer_is_swept_before_any_search(tmp_path, monkeypatch):
+    # The sweep finds the gains in seconds; a search round takes a minute here. Searching the
+    # first layer before sweeping the next used to leave later layers of a budget with nothing.
+    calls = []
+    sweep = tuning._sweep
+    monkeypatch.setattr(tuning, "_sweep", lambda spec, *args: calls.append(("sweep", spec)) or sweep(spec, *args))
+    monkeypatch.setattr(tuning, "_search", lambda mod, rule, spec, *args: calls.append(("search", spec)))
+    other = dataclasses.replace(SMALL, activation="relu")
+    tuning.tune([SMALL, other], trials=20, log_dir=tmp_path / "db")
+    assert calls == [("sweep", SMALL), ("sweep", other), ("search", SMALL), ("search", other)]
+
+
+def test_a_layer_past_the_deadline_still_gets_its_default_measured(tmp_path):
+    tuning.tune([SPEC, SMALL], trials=None, time_budget_s=0.05, log_dir=tmp_path / "db")
+    database = _database(tmp_path / "db")
+    for spec in (SPEC, SMALL):
+        (record,) = database.get_top_k(database.commit_workload(depthwise_module(spec)), 10)
+        assert "decision" in str(record.trace)
+
+
 def test_no_records_means_default(isolated):
     assert records.best_record(SPEC, dwconv_tvm.resolve_target("host")) is None
     assert dwconv_tvm.compile(SPEC).schedule == "default:llvm"
@@ -279,18 +302,19 @@ def _cli(*args, env, **kwargs):
 def test_cli_tune_search_phase_curve_then_info(tmp_path):
     env = {**os.environ, "DWCONV_TVM_TUNING_LOGS": str(tmp_path / "logs"), "DWCONV_TVM_CACHE": str(tmp_path / "cache")}
     layer = ["--input-shape", "1,8,8,16", "--kernel-size", "3", "--padding", "same"]
-    # 8 template combinations, then MetaSchedule's search for the other 2 trials.
-    tune = _cli("tune", *layer, "--trials", "10", "--curve", str(tmp_path / "curve.png"), env=env)
+    # 18 template combinations, then MetaSchedule's search for the other 2 trials (only the
+    # search can count trials 19 and 20).
+    tune = _cli("tune", *layer, "--trials", "20", "--curve", str(tmp_path / "curve.png"), env=env)
     assert tune.returncode == 0, tune.stderr
-    assert "10/10 trials" in tune.stderr and "best" in tune.stderr  # the progress line
+    assert "20/20 trials" in tune.stderr and "best" in tune.stderr  # the progress line
     assert "Total trials" not in tune.stdout + tune.stderr  # MetaSchedule's tables stay out
     assert "side by side: " in tune.stderr  # the final check's verdict
     folder = tmp_path / "logs" / dwconv_tvm.target_key("host")
-    assert len(_records(folder)) >= 9
+    assert len(_records(folder)) >= 18
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     (points,) = json.loads((tmp_path / "curve.png.json").read_text()).values()
-    trials = [p["trial"] for p in points]  # the search's re-measured candidates add points at trial 10
-    assert trials == sorted(trials) and sorted(set(trials)) == list(range(1, 11))
+    trials = [p["trial"] for p in points]  # the search's re-measured candidates add points at trial 20
+    assert trials == sorted(trials) and sorted(set(trials)) == list(range(1, 21))
     best = [p["best_us"] for p in points]
     assert best == sorted(best, reverse=True)  # best so far never gets worse
     info = _cli("info", *layer, env=env)
