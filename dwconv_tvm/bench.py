@@ -24,7 +24,7 @@ from .layer import DepthwiseConv2D
 from .models import MODELS
 from .reference import depthwise_reference
 from .spec import DepthwiseSpec
-from .timing import seconds_per_call
+from .timing import alternating_order, seconds_per_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,12 +227,11 @@ def run(
             if "onnxruntime" in peers:
                 impls["onnxruntime"] = _onnxruntime_peer(spec, x, kernel, bias, threads)
             samples = {name: [] for name in impls}
-            for r in range(rounds):
-                names = list(impls)[:: -1 if r % 2 else 1]  # no implementation always runs first
-                for name in names:
-                    time.sleep(settle_s)
-                    seconds_per_call(impls[name], warmup_s, min_calls=3)
-                    samples[name].append(seconds_per_call(impls[name], budget_s, min_calls=3))
+            names = list(impls)
+            for name in (names[i] for i in alternating_order(len(names), rounds)):
+                time.sleep(settle_s)
+                seconds_per_call(impls[name], warmup_s, min_calls=3)
+                samples[name].append(seconds_per_call(impls[name], budget_s, min_calls=3))
             if "numpy" in peers:  # for scale only; slow, so timed once
                 samples["numpy"] = [seconds_per_call(lambda: depthwise_reference(spec, x, kernel, bias), 0.0, min_calls=3)]
             del impls

@@ -131,14 +131,14 @@ def _mean(run_secs) -> float:
     return float(sum(float(s) for s in run_secs) / len(run_secs))
 
 
+def trace_id(trace) -> str:
+    """A short hash of a schedule trace: how `choices.json` names a record's schedule."""
+    return hashlib.sha256(str(trace).encode()).hexdigest()[:12]
+
+
 def schedule_fingerprint(sch) -> str:
     """A short hash of a schedule's trace, so the kernel cache tells tuned kernels apart."""
-    return hashlib.sha256(str(sch.trace).encode()).hexdigest()[:12]
-
-
-def trace_id(trace) -> str:
-    """A short hash of a record's trace: how `choices.json` names a schedule."""
-    return hashlib.sha256(str(trace).encode()).hexdigest()[:12]
+    return trace_id(sch.trace)
 
 
 @functools.lru_cache(maxsize=16)

@@ -24,3 +24,18 @@ def seconds_per_call(fn: Callable[[], object], min_seconds: float, min_calls: in
         elapsed = time.perf_counter() - start
         if calls >= min_calls and elapsed >= min_seconds:
             return elapsed / calls
+
+
+def alternating_order(count: int, rounds: int) -> list[int]:
+    """Indices of `count` candidates over `rounds` interleaved rounds, every other round in
+    reverse, so that no candidate always runs first (or always after the same neighbour).
+
+    Args:
+        count: How many candidates.
+        rounds: How many rounds.
+
+    Returns:
+        `count * rounds` indices, round after round.
+    """
+    forward = list(range(count))
+    return [i for r in range(rounds) for i in (forward if r % 2 == 0 else forward[::-1])]

@@ -31,7 +31,7 @@ from .compute import depthwise_module
 from .records import RECORDS, WORKLOADS, _database, _mean, record_choice, repair, trace_id, user_log_dir
 from .spec import DepthwiseSpec
 from .targets import TargetLike, resolve_target, target_key
-from .timing import seconds_per_call
+from .timing import alternating_order, seconds_per_call
 
 
 def _f_build(mod, target, _params):
@@ -114,9 +114,8 @@ class _InProcess:
             evaluators = [lib.time_evaluator("main", self.device, **{**EVALUATOR, "repeat": 1}) for lib in libs]
             timers = [lambda ev=ev: float(ev(*self.args).results[0]) for ev in evaluators]
         samples: list[list[float] | None] = [[] for _ in mods]
-        for r in range(rounds):
-            for i in range(len(timers)) if r % 2 == 0 else reversed(range(len(timers))):
-                samples[i].append(timers[i]())
+        for i in alternating_order(len(timers), rounds):
+            samples[i].append(timers[i]())
         return samples
 
 
@@ -138,8 +137,7 @@ class _ThroughRunner:
     def side_by_side(self, mods, rounds: int) -> list[list[float] | None]:
         """Seconds per call of each module, one sample (a runner measurement's mean) per round,
         rounds in alternating order; None for a module that failed in any round. Built once."""
-        forward = list(range(len(mods)))
-        order = [i for r in range(rounds) for i in (forward if r % 2 == 0 else forward[::-1])]
+        order = alternating_order(len(mods), rounds)
         samples: list[list[float] | None] = [[] for _ in mods]
         for i, run_secs in zip(order, self._run(mods, order)):
             if samples[i] is not None:

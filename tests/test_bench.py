@@ -12,3 +12,10 @@ def test_bench_row_on_one_shape():
     assert 0 < row["fma_floor_us"] < row["us"]["ours"] * 10
     assert row["roof_fraction"] == max(row["us"]["copy"], row["fma_floor_us"]) / row["us"]["ours"]
     assert "7x7x960" in bench.markdown([row])
+
+
+def test_alternating_order_reverses_every_other_round():
+    from dwconv_tvm.timing import alternating_order
+
+    assert alternating_order(3, 3) == [0, 1, 2, 2, 1, 0, 0, 1, 2]
+    assert alternating_order(2, 0) == []
