@@ -141,13 +141,20 @@ def schedule_fingerprint(sch) -> str:
     return trace_id(sch.trace)
 
 
+def _load_choices(path: Path) -> dict | None:
+    """The verdicts in a `choices.json`, or None if it is unreadable or not ours."""
+    data = cache.read_json(path)
+    choices = data.get("choices") if data is not None else None
+    return choices if isinstance(choices, dict) else None
+
+
 @functools.lru_cache(maxsize=16)
 def _choices(path: str, mtime_ns: int) -> dict:
-    data = cache.read_json(Path(path))
-    if data is None or not isinstance(data.get("choices"), dict):
+    choices = _load_choices(Path(path))
+    if choices is None:
         warnings.warn(f"Ignoring the unreadable tuning verdicts {path}: the fastest records apply instead.", stacklevel=4)
         return {}
-    return data["choices"]
+    return choices
 
 
 def read_choices(folder: Path) -> dict:
@@ -172,15 +179,15 @@ def record_choice(folder: Path, key: str, chosen: str, side_by_side_us: dict[str
         default: `trace_id` of the template's default among them.
     """
     path = Path(folder) / CHOICES
-    data = cache.read_json(path) if path.exists() else {"choices": {}}
-    if data is None or not isinstance(data.get("choices"), dict):
+    choices = _load_choices(path) if path.exists() else {}
+    if choices is None:
         aside = path.with_name(f"{CHOICES}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(path, aside)
         warnings.warn(f"The tuning verdicts {path} could not be read; set aside as {aside.name}.", stacklevel=3)
-        data = {"choices": {}}
-    data["choices"][key] = {"chosen": chosen, "default": default, "median_us": side_by_side_us,
-                            "checked": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    cache.atomic_write_json(path, data)
+        choices = {}
+    choices[key] = {"chosen": chosen, "default": default, "median_us": side_by_side_us,
+                    "checked": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    cache.atomic_write_json(path, {"choices": choices})
 
 
 class Chosen(NamedTuple):

@@ -439,15 +439,17 @@ def _final_check(spec, mod, rule, target, database, workload, measure, folder: P
 
     default = s_tir.Schedule(mod)
     rule.schedule(default, spec, target)
-    records = database.get_top_k(workload, 1 << 30)
+    recorded: dict[str, object] = {}  # trace_id -> trace, fastest record first
+    for record in database.get_top_k(workload, 1 << 30):
+        recorded.setdefault(trace_id(record.trace), record.trace)
     finalists = {trace_id(default.trace): default.mod}
-    for record in records:
+    for tid, trace in recorded.items():
         if len(finalists) > FINALISTS:
             break
-        if trace_id(record.trace) not in finalists:
+        if tid not in finalists:
             sch = s_tir.Schedule(mod)
-            record.trace.apply_to_schedule(sch, remove_postproc=False)
-            finalists[trace_id(record.trace)] = sch.mod
+            trace.apply_to_schedule(sch, remove_postproc=False)
+            finalists[tid] = sch.mod
     if len(finalists) < 2:
         return
     ids = list(finalists)
@@ -457,7 +459,7 @@ def _final_check(spec, mod, rule, target, database, workload, measure, folder: P
         return
     fastest = min(medians, key=medians.get)
     chosen = fastest if medians[fastest] * (1 + DEFAULT_MARGIN) < medians[ids[0]] else ids[0]
-    if chosen == ids[0] and all(trace_id(r.trace) != chosen for r in records):  # cut off before the sweep got to it
+    if chosen not in recorded:  # the default, if the sweep was cut off before it
         args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
         database.commit_tuning_record(ms.database.TuningRecord(default.trace, workload, samples[0], target, args_info))
     record_choice(folder, spec.key, chosen, medians, ids[0])
