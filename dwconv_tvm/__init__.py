@@ -13,7 +13,7 @@ configure_host_threads()  # before TVM's thread pool first starts
 from .build import compile  # noqa: A004, E402
 from .deploy import export, load  # noqa: E402
 from .layer import DepthwiseConv2D  # noqa: E402
-from .runtime import CompiledOp  # noqa: E402
+from .runtime import CompiledOp, aligned_empty  # noqa: E402
 from .spec import DepthwiseSpec  # noqa: E402
 from .targets import resolve_target, target_key  # noqa: E402
 from .tuning import tune  # noqa: E402
@@ -24,6 +24,7 @@ __all__ = [
     "CompiledOp",
     "DepthwiseConv2D",
     "DepthwiseSpec",
+    "aligned_empty",
     "compile",
     "export",
     "load",

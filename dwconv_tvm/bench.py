@@ -3,7 +3,8 @@
 Everything is timed in one process, as users call it (the layer's `__call__` on a NumPy array,
 `torch.nn.functional.conv2d` on a channels_last tensor, an ONNX Runtime session's `run`), with
 repetitions interleaved across implementations and shapes so that machine noise hits all alike;
-medians are reported. The bandwidth limit is a TVM-compiled copy kernel moving the same number of
+medians are reported. Inputs start on 64-byte boundaries for every library, as PyTorch, TensorFlow
+and JAX allocate tensors (NumPy's own arrays start on 16: see `runtime.aligned_empty`). The bandwidth limit is a TVM-compiled copy kernel moving the same number of
 bytes as the convolution's compulsory traffic (input + output + weights, each once); the
 compute limit is the multiply-add count at the vector-FMA rate a TVM kernel reaches here.
 """
@@ -23,6 +24,7 @@ import numpy as np
 from .layer import DepthwiseConv2D
 from .models import MODELS
 from .reference import depthwise_reference
+from .runtime import aligned_copy, aligned_empty
 from .spec import DepthwiseSpec
 from .timing import alternating_order, seconds_per_call
 
@@ -66,7 +68,7 @@ def copy_kernel(n_elements: int, dtype: str = "float32"):
     sch.parallel(outer)
     sch.vectorize(inner)
     fn = tvm.compile(sch.mod, target=target).mod["main"]
-    a, b = np.ones(n_elements, dtype), np.empty(n_elements, dtype)
+    a, b = aligned_copy(np.ones(n_elements), dtype), aligned_empty((n_elements,), dtype)
     return lambda: fn(a, b)
 
 
@@ -141,7 +143,7 @@ def _onnxruntime_peer(spec: DepthwiseSpec, x_nhwc: np.ndarray, kernel: np.ndarra
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    x = np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
+    x = aligned_copy(x_nhwc.transpose(0, 3, 1, 2), x_nhwc.dtype)
     w = np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(spec.out_channels, 1, *spec.kernel))
     top, left, bottom, right = spec.padding
     node = helper.make_node(
@@ -215,7 +217,8 @@ def run(
             # while it is measured, and their repetitions are interleaved.
             rates.append(fma_rate(threads))
             layer = DepthwiseConv2D(shape.kernel, shape.stride, padding="same", target=target)
-            x = rng.standard_normal((batch, shape.size, shape.size, shape.channels)).astype(np.float32)
+            # Every library gets a 64-byte-aligned input, as framework tensors are.
+            x = aligned_copy(rng.standard_normal((batch, shape.size, shape.size, shape.channels)), np.float32)
             layer.build(x.shape)
             spec = layer.spec_for(x.shape)
             layer.bias = rng.standard_normal(spec.bias_shape).astype(np.float32)

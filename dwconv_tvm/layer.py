@@ -21,7 +21,7 @@ from . import initializers as init_lib
 from . import keras_config
 from . import regularizers as reg_lib
 from .build import compile as compile_spec
-from .runtime import CompiledOp, as_host_array, device_view, kernel_input, like_input
+from .runtime import CompiledOp, aligned_copy, as_host_array, device_view, kernel_input, like_input
 from .serialization import deserialize_function, serialize_function
 from .spec import DepthwiseSpec
 
@@ -292,13 +292,13 @@ class DepthwiseConv2D:
     def _validated_weight(self, value: Any, current: np.ndarray | None, name: str) -> np.ndarray:
         if current is None:
             raise ValueError(f"Layer {self.name} is not built yet: call it or `build(input_shape)` before setting `{name}`.")
-        array = np.array(as_host_array(value, name), dtype=self.variable_dtype, order="C")
+        array = np.asarray(as_host_array(value, name), dtype=self.variable_dtype)
         if array.shape != current.shape:
             raise ValueError(
                 f"Layer {self.name} weight shape {current.shape} is not compatible with provided "
                 f"weight shape {array.shape}."
             )
-        return array
+        return aligned_copy(array, self.variable_dtype)
 
     @property
     def dtype(self) -> str:
@@ -335,10 +335,10 @@ class DepthwiseConv2D:
             self._channels = int(channels)
             self.compute_output_shape(shape)
             kernel_shape = (*self.kernel_size, self._channels, self.depth_multiplier)
-            self._kernel = np.ascontiguousarray(self.depthwise_initializer(kernel_shape, self.variable_dtype))
+            self._kernel = aligned_copy(self.depthwise_initializer(kernel_shape, self.variable_dtype), self.variable_dtype)
             if self.use_bias:
                 bias_shape = (self._channels * self.depth_multiplier,)
-                self._bias = np.ascontiguousarray(self.bias_initializer(bias_shape, self.variable_dtype))
+                self._bias = aligned_copy(self.bias_initializer(bias_shape, self.variable_dtype), self.variable_dtype)
             self.built = True
             if self._initial_weights is not None:
                 weights, self._initial_weights = self._initial_weights, None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,50 @@ def as_host_array(value: Any, name: str) -> np.ndarray:
         f"`{name}` must be a NumPy array or a tensor with `__dlpack__`. "
         f"Received an object of type {type(value).__name__}"
     )
+
+
+def aligned_empty(shape: Sequence[int], dtype: Any = "float32", alignment: int = 64) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts on an `alignment`-byte boundary.
+
+    The kernels load whole SIMD vectors along the channels; a vector that straddles two cache
+    lines costs an extra load. NumPy's allocations start on 16-byte boundaries only, while
+    PyTorch, TensorFlow and JAX allocate on 64: on znver4 a 16- or 48-byte offset of the input
+    made MobileNetV2's 28x28-and-larger layers 1.07-1.25x slower. Use this for the NumPy
+    buffers you feed the layer.
+
+    Args:
+        shape: The array's shape.
+        dtype: The array's dtype.
+        alignment: Byte boundary of the first element, a power of two.
+
+    Returns:
+        A writeable array (a view into a slightly larger buffer, which it keeps alive).
+
+    Raises:
+        ValueError: If `alignment` is not a positive power of two or `shape` has a negative
+            dimension.
+        TypeError: If `alignment` is not an integer.
+    """
+    if isinstance(alignment, bool) or not isinstance(alignment, (int, np.integer)):
+        raise TypeError(f"`alignment` must be an integer power of two. Received {alignment!r}")
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"`alignment` must be a positive power of two. Received {alignment}")
+    dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"`shape` must have non-negative dimensions. Received {shape}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    return np.ndarray(shape, dtype, buffer=raw, offset=-raw.ctypes.data % alignment)
+
+
+def aligned_copy(value: Any, dtype: Any) -> np.ndarray:
+    """`value` converted to `dtype` in a fresh 64-byte-aligned array (weights: copied once,
+    read on every call)."""
+    array = np.asarray(value, dtype=dtype)
+    result = aligned_empty(array.shape, dtype)
+    result[...] = array
+    return result
 
 
 def kernel_input(array: np.ndarray) -> np.ndarray:

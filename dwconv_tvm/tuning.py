@@ -29,6 +29,7 @@ from typing import TextIO
 from . import cache
 from .compute import depthwise_module
 from .records import RECORDS, WORKLOADS, _database, _mean, record_choice, repair, trace_id, user_log_dir
+from .runtime import aligned_copy
 from .spec import DepthwiseSpec
 from .targets import TargetLike, resolve_target, target_key
 from .timing import alternating_order, seconds_per_call
@@ -83,8 +84,10 @@ class _InProcess:
         self.on_cpu = target.kind.name == "llvm"
         self.device = tvm.cpu() if self.on_cpu else tvm.device(target.kind.name, 0)
         rng = np.random.default_rng(0)
+        # Aligned as the layer's weights and framework tensors are (and as MetaSchedule's runner
+        # allocates): NumPy's 16-byte alignment would slow some candidates more than others.
         arrays = [
-            rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(str(info.dtype))
+            aligned_copy(rng.uniform(-1, 1, [int(d) for d in info.shape]), str(info.dtype))
             for info in ms.arg_info.ArgInfo.from_prim_func(mod["main"])
         ]
         self.args = arrays if self.on_cpu else [tvm.runtime.tensor(a, self.device) for a in arrays]

@@ -137,6 +137,44 @@ def test_weights_copies_and_errors(rng):
         layer.set_weights([np.zeros((3, 3, 2, 1))])
 
 
+def test_weights_start_on_64_byte_boundaries(rng):
+    # Read on every call as SIMD vectors: build, the setters and set_weights all align them.
+    def aligned(layer):
+        return all(w.ctypes.data % 64 == 0 and w.flags.c_contiguous for w in layer.weights)
+
+    for _ in range(4):  # NumPy's own allocations land on 16-byte boundaries, aligned 1 in 4
+        layer = DepthwiseConv2D(3, depth_multiplier=2)
+        layer.build((1, 5, 5, 3))
+        assert aligned(layer)
+        layer.set_weights([rng.standard_normal((3, 3, 3, 2))[:, :, :, ::-1], rng.standard_normal(6)])
+        assert aligned(layer)
+        layer.kernel, layer.bias = np.ones((3, 3, 3, 2), np.float64), [1, 2, 3, 4, 5, 6]
+        assert aligned(layer) and layer.kernel.dtype == layer.bias.dtype == np.float32
+        np.testing.assert_array_equal(layer.bias, np.arange(1, 7))
+
+
+@pytest.mark.parametrize("shape, dtype, alignment", [((2, 3), "float32", 64), ((1, 7, 7, 5), "float16", 128),
+                                                     ((0, 4), "float64", 4096), ((), "int8", 16)])
+def test_aligned_empty(shape, dtype, alignment):
+    arrays = [dwconv_tvm.aligned_empty(shape, dtype, alignment) for _ in range(8)]
+    for array in arrays:
+        assert array.shape == shape and array.dtype == np.dtype(dtype)
+        assert array.flags.c_contiguous and array.flags.writeable
+        assert array.ctypes.data % alignment == 0
+
+
+@pytest.mark.parametrize("alignment, error", [(48, ValueError), (0, ValueError), (-64, ValueError),
+                                              (64.0, TypeError), (True, TypeError)])
+def test_aligned_empty_rejects_bad_alignment(alignment, error):
+    with pytest.raises(error, match="`alignment`"):
+        dwconv_tvm.aligned_empty((4,), "float32", alignment)
+
+
+def test_aligned_empty_rejects_negative_shape():
+    with pytest.raises(ValueError, match="`shape`"):
+        dwconv_tvm.aligned_empty((2, -1))
+
+
 def test_initial_weights_kwarg():
     kernel = np.full((3, 3, 2, 1), 0.5, np.float32)
     layer = DepthwiseConv2D(3, use_bias=False, weights=[kernel])

@@ -79,9 +79,8 @@ def test_fused_activation_float16_nchw(rng, activation):
 
 
 def _misaligned(arr: np.ndarray, offset_bytes: int) -> np.ndarray:
-    raw = np.empty(arr.nbytes + 128, np.uint8)
-    start = (-raw.ctypes.data) % 64 + offset_bytes
-    view = raw[start : start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    raw = dwconv_tvm.aligned_empty((arr.nbytes + 64,), np.uint8)
+    view = raw[offset_bytes : offset_bytes + arr.nbytes].view(arr.dtype).reshape(arr.shape)
     view[...] = arr
     return view
 
