@@ -454,3 +454,11 @@ def test_tune_through_an_rpc_tracker(tmp_path):
     assert len(measured) == 3 and all(float(s) > 0 for r in measured for s in r.run_secs)
     verdict = json.loads((tmp_path / "db" / records.CHOICES).read_text())["choices"][SPEC.key]  # timed remotely too
     assert len(verdict["median_us"]) == 3 and all(us > 0 for us in verdict["median_us"].values())
+
+
+def test_in_process_measurer_times_aligned_arguments():
+    # As MetaSchedule's runner and framework tensors are: NumPy's own 16-byte alignment, random
+    # per run, slowed some candidates more than others (up to 1.25x) and skewed the verdicts.
+    measurer = tuning._InProcess(depthwise_module(SPEC), dwconv_tvm.resolve_target("host"))
+    assert len(measurer.args) == 4  # x, kernel, bias, out
+    assert all(a.ctypes.data % 64 == 0 and a.flags.c_contiguous for a in measurer.args)
