@@ -3,10 +3,11 @@
 Everything is timed in one process, as users call it (the layer's `__call__` on a NumPy array,
 `torch.nn.functional.conv2d` on a channels_last tensor, an ONNX Runtime session's `run`), with
 repetitions interleaved across implementations and shapes so that machine noise hits all alike;
-medians are reported. Inputs start on 64-byte boundaries for every library, as PyTorch, TensorFlow
-and JAX allocate tensors (NumPy's own arrays start on 16: see `runtime.aligned_empty`). The bandwidth limit is a TVM-compiled copy kernel moving the same number of
-bytes as the convolution's compulsory traffic (input + output + weights, each once); the
-compute limit is the multiply-add count at the vector-FMA rate a TVM kernel reaches here.
+medians are reported. Inputs start on 64-byte boundaries for every library, as PyTorch,
+TensorFlow and JAX allocate tensors (NumPy's own arrays start on 16: see
+`runtime.aligned_empty`). The bandwidth limit is a TVM-compiled copy kernel moving the same
+number of bytes as the convolution's compulsory traffic (input + output + weights, each once);
+the compute limit is the multiply-add count at the vector-FMA rate a TVM kernel reaches here.
 """
 
 from __future__ import annotations
