@@ -21,7 +21,7 @@ from . import initializers as init_lib
 from . import keras_config
 from . import regularizers as reg_lib
 from .build import compile as compile_spec
-from .runtime import CompiledOp, aligned_copy, as_host_array, device_view, kernel_input, like_input
+from .runtime import CompiledOp, OutputPool, aligned_copy, as_host_array, device_view, kernel_input, like_input
 from .serialization import deserialize_function, serialize_function
 from .spec import DepthwiseSpec
 
@@ -137,6 +137,18 @@ def _weight_view(weight: np.ndarray | None) -> Any:
     unless it was made read-only; its alias then does not keep the weight alive, so the layer
     holds the weight beside the view."""
     return None if weight is None else device_view(kernel_input(weight))
+
+
+class _Plan:
+    """The NumPy hot path of one input shape and dtype on the layer's target: its op, whether a
+    call may go straight to the kernel (CPU, no cast of input or weights, activation fused),
+    and the pool its outputs come from."""
+
+    __slots__ = ("op", "direct", "outputs")
+
+    def __init__(self, op: CompiledOp, direct: bool):
+        self.op, self.direct = op, direct
+        self.outputs = OutputPool(op.spec.output_shape, np.dtype(op.spec.dtype))
 
 
 class DepthwiseConv2D:
@@ -258,7 +270,7 @@ class DepthwiseConv2D:
         self._activity_losses: list[np.floating] = []
         self._ops: dict[tuple, CompiledOp] = {}
         # (input shape, input dtype) -> the op for the default target: the hot path.
-        self._plans: dict[tuple, CompiledOp] = {}
+        self._plans: dict[tuple, _Plan] = {}
         # The weights and TVM tensors over their memory (see `_weight_views`).
         self._views: tuple | None = None
         self._build_lock = threading.Lock()
@@ -399,16 +411,27 @@ class DepthwiseConv2D:
             target: Overrides the layer's TVM target for this call.
 
         Returns:
-            The output: a new NumPy array for NumPy input, else a tensor of the input's framework.
+            The output: a NumPy array for NumPy input (from the layer's output pool: see
+            `runtime.OutputPool`), else a tensor of the input's framework.
 
         Raises:
             ValueError: On a non-float input, wrong rank, channel mismatch or empty output.
             TypeError: If `inputs` is not a tensor.
         """
         if target is None and type(inputs) is np.ndarray:
-            op = self._plans.get((inputs.shape, inputs.dtype))
-            if op is not None:  # shape, dtype and channels were validated when the plan was made
-                return self._forward(inputs, op)
+            plan = self._plans.get((inputs.shape, inputs.dtype))
+            if plan is not None:  # shape, dtype and channels were validated when the plan was made
+                flags, views = inputs.flags, self._views
+                if (plan.direct and flags.c_contiguous and flags.writeable and views is not None
+                        and views[0] is self._kernel and views[1] is self._bias and self.activity_regularizer is None):
+                    # Straight to the kernel: every check `_forward` would make holds.
+                    out, out_arg = plan.outputs.take()
+                    if views[3] is None:
+                        plan.op._fn(inputs, views[2], out_arg)
+                    else:
+                        plan.op._fn(inputs, views[2], views[3], out_arg)
+                    return out
+                return self._forward(inputs, plan.op)
         x = as_host_array(inputs, "inputs")
         if x.dtype.kind != "f" or x.dtype.name not in ("float16", "float32", "float64"):
             raise ValueError(
@@ -431,7 +454,9 @@ class DepthwiseConv2D:
             )
         op = self._op(x.shape, target)
         if target is None and x is inputs:
-            self._plans[(x.shape, x.dtype)] = op
+            self._plans[(x.shape, x.dtype)] = _Plan(
+                op, direct=not op.on_gpu and x.dtype == op._dtype == self._kernel.dtype and self._activation.post is None
+            )
         return like_input(self._forward(x, op), inputs)
 
     def _forward(self, x: np.ndarray, op: CompiledOp) -> np.ndarray:

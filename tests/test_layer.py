@@ -331,6 +331,57 @@ def test_output_is_fresh_array(rng):
     assert a is not b and not np.shares_memory(a, b)
 
 
+def _address(array) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def test_released_outputs_are_reused_and_aligned(rng):
+    layer = DepthwiseConv2D(3, padding="same")
+    x = rng.standard_normal((1, 6, 6, 16)).astype(np.float32)
+    layer(x)  # the first call makes the plan
+    first = layer(x)
+    address = _address(first)
+    assert address % 64 == 0
+    del first
+    assert _address(layer(x)) == address
+    seen = set()
+    for _ in range(6):  # the previous `y` is alive during each call: two buffers take turns
+        y = layer(x)
+        seen.add(_address(y))
+        np.testing.assert_allclose(y, depthwise(x, layer.kernel, layer.bias, padding="same"), atol=1e-5)
+    assert len(seen) == 2
+
+
+_HOLDERS = {
+    "name": lambda y: y,
+    "slice": lambda y: y[0, 1:3],
+    "reshape": lambda y: y.reshape(-1),
+    "transpose": lambda y: y.T,
+    "buffer": lambda y: y.base,
+    "list": lambda y: [y],
+    "memoryview": memoryview,
+    "frombuffer": lambda y: np.frombuffer(y, np.float32),
+    "dlpack": np.from_dlpack,
+}
+
+
+@pytest.mark.parametrize("hold", list(_HOLDERS.values()), ids=list(_HOLDERS))
+def test_outputs_still_referenced_are_never_overwritten(rng, hold):
+    layer = DepthwiseConv2D(3, padding="same")
+    x = rng.standard_normal((1, 6, 6, 16)).astype(np.float32)
+    layer(x)
+    y = layer(x)
+    address, values = _address(y), y.copy()
+    holder = hold(y)
+    del y
+    later = [layer(x * scale) for scale in (2.0, 3.0, 4.0)]
+    later.append(layer(x * 5.0))
+    assert address not in {_address(z) for z in later}
+    held = np.asarray(holder[0] if isinstance(holder, list) else holder)
+    if held.size == values.size:  # the whole output, in any order
+        np.testing.assert_array_equal(np.sort(held, axis=None), np.sort(values, axis=None))
+
+
 def test_concurrent_calls_from_threads(rng):
     layer = DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="gelu")
     inputs = [rng.standard_normal((1, 12, 12, 8)).astype(np.float32) for _ in range(6)]
