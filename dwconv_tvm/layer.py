@@ -9,6 +9,7 @@ Keras itself is not needed at run time.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -140,15 +141,27 @@ def _weight_view(weight: np.ndarray | None) -> Any:
 
 
 class _Plan:
-    """The NumPy hot path of one input shape and dtype on the layer's target: its op, whether a
-    call may go straight to the kernel (CPU, no cast of input or weights, activation fused),
-    and the pool its outputs come from."""
+    """The hot path of one input type, shape and dtype on the layer's target: its op, whether
+    a call may go straight to the kernel (CPU, no cast of input or weights, activation fused),
+    the pool its outputs come from, and how an output is returned (None: as the NumPy array;
+    `torch.from_numpy` for torch input, whose storage then holds the array, so the pool sees
+    every tensor over it)."""
 
-    __slots__ = ("op", "direct", "outputs")
+    __slots__ = ("op", "direct", "outputs", "wrap")
 
-    def __init__(self, op: CompiledOp, direct: bool):
-        self.op, self.direct = op, direct
+    def __init__(self, op: CompiledOp, direct: bool, wrap: Callable | None = None):
+        self.op, self.direct, self.wrap = op, direct, wrap
         self.outputs = OutputPool(op.spec.output_shape, np.dtype(op.spec.dtype))
+
+
+# Input types that have hot-path plans: NumPy arrays, and torch's CPU tensors once torch is seen.
+_PLANNED_TYPES: set[type] = {np.ndarray}
+
+
+def _torch_tensor_type(value: Any) -> type | None:
+    """`torch.Tensor` if `value` is exactly one (not a subclass such as `nn.Parameter`)."""
+    kind = type(value)
+    return kind if kind.__module__ == "torch" and kind.__name__ == "Tensor" else None
 
 
 class DepthwiseConv2D:
@@ -411,27 +424,34 @@ class DepthwiseConv2D:
             target: Overrides the layer's TVM target for this call.
 
         Returns:
-            The output: a NumPy array for NumPy input (from the layer's output pool: see
-            `runtime.OutputPool`), else a tensor of the input's framework.
+            The output: a NumPy array for NumPy input, else a tensor of the input's
+            framework. For NumPy and torch CPU input its memory comes from the layer's
+            output pool (`runtime.OutputPool`), reused only once nothing refers to it.
 
         Raises:
             ValueError: On a non-float input, wrong rank, channel mismatch or empty output.
             TypeError: If `inputs` is not a tensor.
         """
-        if target is None and type(inputs) is np.ndarray:
-            plan = self._plans.get((inputs.shape, inputs.dtype))
-            if plan is not None:  # shape, dtype and channels were validated when the plan was made
-                flags, views = inputs.flags, self._views
-                if (plan.direct and flags.c_contiguous and flags.writeable and views is not None
-                        and views[0] is self._kernel and views[1] is self._bias and self.activity_regularizer is None):
-                    # Straight to the kernel: every check `_forward` would make holds.
+        kind = type(inputs)
+        if target is None and kind in _PLANNED_TYPES:
+            plan = self._plans.get((kind, inputs.shape, inputs.dtype))
+            # Shape, dtype and channels were validated when the plan was made; any other case
+            # (strides, read-only, grad, device, changed weights) takes the full path below.
+            if plan is not None and plan.direct:
+                views = self._views
+                if plan.wrap is None:
+                    flags = inputs.flags
+                    ready = flags.c_contiguous and flags.writeable
+                else:
+                    ready = inputs.is_cpu and not inputs.requires_grad and inputs.is_contiguous()
+                if (ready and views is not None and views[0] is self._kernel and views[1] is self._bias
+                        and self.activity_regularizer is None):
                     out, out_arg = plan.outputs.take()
                     if views[3] is None:
                         plan.op._fn(inputs, views[2], out_arg)
                     else:
                         plan.op._fn(inputs, views[2], views[3], out_arg)
-                    return out
-                return self._forward(inputs, plan.op)
+                    return out if plan.wrap is None else plan.wrap(out)
         x = as_host_array(inputs, "inputs")
         if x.dtype.kind != "f" or x.dtype.name not in ("float16", "float32", "float64"):
             raise ValueError(
@@ -453,11 +473,23 @@ class DepthwiseConv2D:
                 f"received input with dtype {x.dtype}."
             )
         op = self._op(x.shape, target)
-        if target is None and x is inputs:
-            self._plans[(x.shape, x.dtype)] = _Plan(
-                op, direct=not op.on_gpu and x.dtype == op._dtype == self._kernel.dtype and self._activation.post is None
-            )
+        if target is None:
+            self._make_plan(inputs, x, op)
         return like_input(self._forward(x, op), inputs)
+
+    def _make_plan(self, inputs: Any, x: np.ndarray, op: CompiledOp) -> None:
+        """Records the hot path for NumPy input and for torch CPU tensors (`x` is the NumPy
+        array the full path made of `inputs`)."""
+        kind, wrap = type(inputs), None
+        if kind is not np.ndarray or x is not inputs:
+            if _torch_tensor_type(inputs) is None or not inputs.is_cpu:
+                return
+            wrap = sys.modules["torch"].from_numpy
+            _PLANNED_TYPES.add(kind)
+        key = (kind, inputs.shape, inputs.dtype)
+        if key not in self._plans:  # a call that left the hot path keeps the plan and its pool
+            direct = not op.on_gpu and x.dtype == op._dtype == self._kernel.dtype and self._activation.post is None
+            self._plans[key] = _Plan(op, direct, wrap)
 
     def _forward(self, x: np.ndarray, op: CompiledOp) -> np.ndarray:
         compute = op._dtype

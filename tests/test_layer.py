@@ -382,6 +382,37 @@ def test_outputs_still_referenced_are_never_overwritten(rng, hold):
         np.testing.assert_array_equal(np.sort(held, axis=None), np.sort(values, axis=None))
 
 
+def test_torch_hot_path_results_and_pooled_outputs(rng):
+    torch = pytest.importorskip("torch")
+    layer = DepthwiseConv2D(3, padding="same", activation="relu")
+    x = rng.standard_normal((1, 6, 6, 16)).astype(np.float32)
+    t = torch.from_numpy(x.copy())
+
+    def expected(inp):
+        return np.maximum(depthwise(inp, layer.kernel, layer.bias, padding="same"), 0)
+
+    layer(t)  # the first call makes the plan
+    y = layer(t)
+    assert isinstance(y, torch.Tensor) and y.data_ptr() % 64 == 0
+    np.testing.assert_allclose(y.numpy(), expected(x), atol=1e-5)
+    kept, values = y[0, 1:], y[0, 1:].clone()  # a view keeps the buffer through torch's storage
+    address = y.data_ptr()
+    del y
+    later = [layer(t * scale) for scale in (2.0, 3.0)]
+    assert address not in {z.data_ptr() for z in later}
+    assert torch.equal(kept, values)
+    del kept, later
+    assert layer(t).data_ptr() == address  # released: handed out again
+    # Cases the hot path hands to the full one: gradients, strides, another dtype.
+    grad = t.clone().requires_grad_(True)
+    np.testing.assert_allclose(layer(grad).numpy(), expected(x), atol=1e-5)
+    strided = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(layer(strided).numpy(), expected(x), atol=1e-5)
+    np.testing.assert_allclose(layer(t.double()).numpy(), expected(x), atol=1e-5)
+    layer.kernel = layer.kernel * 2.0
+    np.testing.assert_allclose(layer(t).numpy(), expected(x), atol=1e-5)
+
+
 def test_concurrent_calls_from_threads(rng):
     layer = DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="gelu")
     inputs = [rng.standard_normal((1, 12, 12, 8)).astype(np.float32) for _ in range(6)]
