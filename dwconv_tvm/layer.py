@@ -333,6 +333,22 @@ class DepthwiseConv2D:
     def __repr__(self) -> str:
         return f"<DepthwiseConv2D name={self.name}, built={self.built}>"
 
+    # Compiled kernels, plans, output buffers and weight views are per-process caches (TVM
+    # modules cannot be pickled): copies and unpickled layers rebuild them on their next call.
+    _CACHES = ("_ops", "_plans", "_views", "_build_lock")
+
+    def __getstate__(self) -> dict:
+        """State for `pickle` and `copy.deepcopy`: arguments, weights and losses, no caches."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._CACHES}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._ops, self._plans, self._views, self._build_lock = {}, {}, None, threading.Lock()
+        for name in ("_kernel", "_bias"):  # unpickled arrays start wherever NumPy puts them
+            value = state.get(name)
+            if value is not None:
+                setattr(self, name, aligned_copy(value, value.dtype))
+
     def _channel_axis(self) -> int:
         return -1 if self.data_format == "channels_last" else 1
 

@@ -1,6 +1,8 @@
 """The layer's Keras semantics: arguments, errors, weights, config, losses, dtypes, inputs."""
 
+import copy
 import json
+import pickle
 import sys
 import threading
 
@@ -322,6 +324,21 @@ def test_torch_input_zero_copy_and_torch_output(rng):
         ACTIVATIONS["relu6"](depthwise(nchw_view.numpy(), layer.kernel, layer.bias, padding="same")),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda layer: pickle.loads(pickle.dumps(layer))],
+                         ids=["deepcopy", "pickle"])
+def test_called_layer_copies_and_pickles(rng, duplicate):
+    layer = DepthwiseConv2D(3, padding="same", activation="relu", depthwise_regularizer="l2")
+    x = rng.standard_normal((1, 6, 6, 4)).astype(np.float32)
+    expected = layer(x)  # compiled kernels, a plan, pooled outputs and weight views exist now
+    twin = duplicate(layer)
+    np.testing.assert_array_equal(twin(x), expected)
+    assert twin.kernel.ctypes.data % 64 == 0 and twin.get_config() == layer.get_config()
+    np.testing.assert_allclose(twin.losses, layer.losses)
+    twin.kernel[...] = 0.0  # the copy has weights of its own
+    np.testing.assert_array_equal(layer(x), expected)
+    assert not np.array_equal(twin(x), expected)
 
 
 def test_output_is_fresh_array(rng):
