@@ -101,7 +101,7 @@ class OutputPool:
     """Output arrays of one shape and dtype, handed out again once nothing else refers to them.
 
     A fresh `np.empty` output costs a NumPy allocation per call and starts off the 64-byte
-    boundary the kernels' vector stores want (znver4, 112x112x32: about 3 µs of a 36 µs call).
+    boundary the kernels' vector stores want (znver4, 112x112x32: 2-3 µs of a 36 µs call).
     Pooled arrays are allocated aligned once, with a TVM view made once (the call then skips
     converting the output). An array is reused only when reference counts show that the pool
     alone holds it and its memory: any name, view, slice, container, memoryview or DLPack
