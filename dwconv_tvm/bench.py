@@ -190,7 +190,8 @@ def run(
         warmup_s: Untimed calls after the pause, so that the timing starts from a running core
             and thread pool, as in an inference loop, rather than from idle (measured here:
             the first milliseconds after a 50 ms pause ran 5-20% slower, for every library).
-        peers: Which peers to run (`torch`, `onnxruntime`, `numpy`).
+        peers: Which peers to run (`torch`, `onnxruntime`, `numpy`); with `torch`, our layer is
+            also timed on a torch CPU tensor, as torch users call it.
         target: Our layer's target.
 
     Returns:
@@ -228,6 +229,8 @@ def run(
             impls = {"ours": lambda layer=layer, x=x: layer(x), "copy": copy_kernel(spec.compulsory_bytes // 8)}
             if "torch" in peers:
                 impls["torch"] = _torch_peer(spec, x, kernel, bias)
+                # Our layer as a torch user calls it: on a CPU tensor (the same NHWC memory).
+                impls["ours_torch"] = lambda layer=layer, tensor=torch.from_numpy(x): layer(tensor)
             if "onnxruntime" in peers:
                 impls["onnxruntime"] = _onnxruntime_peer(spec, x, kernel, bias, threads)
             samples = {name: [] for name in impls}
@@ -255,6 +258,8 @@ def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: d
     for peer in ("torch", "onnxruntime"):
         if peer in us:
             row[f"vs_{peer}"] = us[peer] / us["ours"]
+    if "ours_torch" in us:
+        row["torch_input_vs_torch"] = us["torch"] / us["ours_torch"]
     peer_times = [us[p] for p in ("torch", "onnxruntime") if p in us]
     if peer_times:
         row["vs_best_peer"] = min(peer_times) / us["ours"]
@@ -291,6 +296,9 @@ def markdown(rows: list[dict]) -> str:
     head = ["layer", "batch", "ours µs", "GB/s", "% of copy", "copy µs", "FMA floor µs", "% of roof"]
     head += [f"{p} µs" for p in peers]
     head += [f"ours vs {p}" for p in peers if p != "numpy"]
+    on_torch = "ours_torch" in rows[0]["us"]
+    if on_torch:
+        head += ["ours on torch tensors µs", "on torch tensors: ours vs torch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         us = row["us"]
@@ -299,6 +307,8 @@ def markdown(rows: list[dict]) -> str:
                  f"{100 * row['roof_fraction']:.0f}%"]
         cells += [f"{us[p]:.1f}" for p in peers]
         cells += [f"{row[f'vs_{p}']:.2f}x" for p in peers if p != "numpy"]
+        if on_torch:
+            cells += [f"{us['ours_torch']:.1f}", f"{row['torch_input_vs_torch']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for batch in sorted({r["batch"] for r in rows}):
@@ -313,6 +323,8 @@ def markdown(rows: list[dict]) -> str:
             f"{100 * geomean([r['copy_fraction'] for r in mobilenet]):.0f}%; % of roof (max of copy "
             f"time and FMA floor): min {100 * min(r['roof_fraction'] for r in mobilenet):.0f}%, geomean "
             f"{100 * geomean([r['roof_fraction'] for r in mobilenet]):.0f}%"
+            + (f"; on torch tensors, geomean vs torch {geomean([r['torch_input_vs_torch'] for r in mobilenet]):.2f}x"
+               if on_torch else "")
         )
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,7 @@
 """The benchmark's bookkeeping on one small shape (its speed figures come from `make bench`)."""
 
+import pytest
+
 from dwconv_tvm import bench
 
 
@@ -12,6 +14,16 @@ def test_bench_row_on_one_shape():
     assert 0 < row["fma_floor_us"] < row["us"]["ours"] * 10
     assert row["roof_fraction"] == max(row["us"]["copy"], row["fma_floor_us"]) / row["us"]["ours"]
     assert "7x7x960" in bench.markdown([row])
+
+
+def test_bench_times_our_layer_on_torch_tensors_beside_torch():
+    pytest.importorskip("torch")
+    (row,) = bench.run(batches=(1,), shapes=[bench.MOBILENET_V2[-1]], rounds=1, budget_s=0.005, settle_s=0.0,
+                       peers=("torch",))
+    assert set(row["us"]) == {"ours", "copy", "torch", "ours_torch"}
+    assert row["torch_input_vs_torch"] == row["us"]["torch"] / row["us"]["ours_torch"]
+    table = bench.markdown([row])
+    assert "ours on torch tensors µs" in table and "on torch tensors, geomean vs torch" in table
 
 
 def test_alternating_order_reverses_every_other_round():
