@@ -158,10 +158,10 @@ class _Plan:
 _PLANNED_TYPES: set[type] = {np.ndarray}
 
 
-def _torch_tensor_type(value: Any) -> type | None:
-    """`torch.Tensor` if `value` is exactly one (not a subclass such as `nn.Parameter`)."""
+def _is_torch_tensor(value: Any) -> bool:
+    """Whether `value` is exactly a `torch.Tensor` (not a subclass such as `nn.Parameter`)."""
     kind = type(value)
-    return kind if kind.__module__ == "torch" and kind.__name__ == "Tensor" else None
+    return kind.__module__ == "torch" and kind.__name__ == "Tensor"
 
 
 class DepthwiseConv2D:
@@ -282,7 +282,7 @@ class DepthwiseConv2D:
         self._channels: int | None = None
         self._activity_losses: list[np.floating] = []
         self._ops: dict[tuple, CompiledOp] = {}
-        # (input shape, input dtype) -> the op for the default target: the hot path.
+        # (input type, shape, dtype) -> the hot path's plan on the layer's own target.
         self._plans: dict[tuple, _Plan] = {}
         # The weights and TVM tensors over their memory (see `_weight_views`).
         self._views: tuple | None = None
@@ -498,7 +498,7 @@ class DepthwiseConv2D:
         array the full path made of `inputs`)."""
         kind, wrap = type(inputs), None
         if kind is not np.ndarray or x is not inputs:
-            if _torch_tensor_type(inputs) is None or not inputs.is_cpu:
+            if not _is_torch_tensor(inputs) or not inputs.is_cpu:
                 return
             wrap = sys.modules["torch"].from_numpy
             _PLANNED_TYPES.add(kind)
