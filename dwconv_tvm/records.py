@@ -94,29 +94,65 @@ def repair(folder: Path) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _database(folder: str, records_mtime: float):
-    """A loaded JSON database (reloaded when the records file changes). Damaged lines are
-    skipped with a warning, from a sanitized copy: shipped logs are read-only."""
-    from tvm.s_tir import meta_schedule as ms
-
+def _log_lines(folder: str, records_mtime: float) -> tuple[list[str], list[str]]:
+    """The parsable workload and record lines of a folder (read once per version of its
+    records); damaged lines are skipped with a warning."""
     lines = {name: _valid_lines(Path(folder) / name) for name in (WORKLOADS, RECORDS)}
     bad = sum(b for _, b in lines.values())
     if bad:
-        warnings.warn(f"Skipping {bad} damaged line(s) in the tuning log {folder}.", stacklevel=4)
-    # The loader reads the files once into memory and this database is never committed to,
-    # so a sanitized copy only has to exist while it loads.
+        warnings.warn(f"Skipping {bad} damaged line(s) in the tuning log {folder}.", stacklevel=5)
+    return lines[WORKLOADS][0], lines[RECORDS][0]
+
+
+def _unusable(folder: str, reason: str) -> None:
+    warnings.warn(f"Skipping the unusable tuning log {folder}: {reason}", stacklevel=5)
+
+
+@functools.lru_cache(maxsize=256)
+def _database(folder: str, records_mtime: float, workload_hashes: frozenset[str]):
+    """A JSON database of a folder's records for the workloads with these structural hashes,
+    or None if the folder's files are unusable.
+
+    MetaSchedule's loader rebuilds every workload module and trace of the files (1.8 s for the
+    shipped MobileNetV2 and EfficientNet-B0 logs, on a layer's first call); a spec needs only
+    its own workloads. So the lines of those are copied, their records renumbered, to a
+    temporary database that MetaSchedule loads (shipped logs are read-only). A record naming
+    a workload that is not in the file makes the whole folder unusable, as it would make
+    MetaSchedule's loader fail.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    workloads, records = _log_lines(folder, records_mtime)
+    renumbered: dict[int, int] = {}  # index in the file -> index in the copy
+    for index, line in enumerate(workloads):
+        entry = json.loads(line)
+        if isinstance(entry, list) and entry and str(entry[0]) in workload_hashes:
+            renumbered[index] = len(renumbered)
+    kept = []
+    for line in records:
+        entry = json.loads(line)
+        if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and 0 <= entry[0] < len(workloads)):
+            _unusable(folder, f"a record names no workload of the file: {line[:60]}")
+            return None
+        if entry[0] in renumbered:  # the line's rest is kept byte for byte
+            kept.append(f"[{renumbered[entry[0]]}," + line[line.index(",") + 1:])
     with tempfile.TemporaryDirectory(prefix="dwconv-tvm-log-") as copy:
-        source = Path(copy) if bad else Path(folder)
-        if bad:
-            for name, (good, _) in lines.items():
-                _write_lines(source / name, good)
-        try:
+        _write_lines(Path(copy) / WORKLOADS, [workloads[i] for i in renumbered])
+        _write_lines(Path(copy) / RECORDS, kept)
+        try:  # the loader reads the files once into memory; nothing is committed to this copy
             return ms.database.JSONDatabase(
-                path_workload=str(source / WORKLOADS), path_tuning_record=str(source / RECORDS), allow_missing=False
+                path_workload=str(Path(copy) / WORKLOADS), path_tuning_record=str(Path(copy) / RECORDS),
+                allow_missing=False,
             )
         except Exception as err:  # a foreign or inconsistent file: MetaSchedule's loader raises
-            warnings.warn(f"Skipping the unusable tuning log {folder}: {str(err).splitlines()[-1]}", stacklevel=4)
+            _unusable(folder, str(err).splitlines()[-1])
             return None
+
+
+def forget_loaded() -> None:
+    """Drops the logs read so far, so the next lookup reads the files again (after tuning)."""
+    _log_lines.cache_clear()
+    _database.cache_clear()
 
 
 def _related(spec: DepthwiseSpec) -> list[DepthwiseSpec]:
@@ -239,16 +275,18 @@ def best_record(spec: DepthwiseSpec, target) -> Chosen | None:
     Returns:
         A `Chosen`, or None.
     """
+    import tvm_ffi
     from tvm import s_tir
 
+    candidates = [(candidate, depthwise_module(candidate)) for candidate in _related(spec)]
+    hashes = frozenset(str(tvm_ffi.structural_hash(mod)) for _, mod in candidates)  # MetaSchedule's key
     databases = []
     for source, folder in (("user", user_log_dir(target)), ("shipped", shipped_log_dir(target))):
         if _has_records(folder):
-            database = _database(str(folder), (folder / RECORDS).stat().st_mtime)
+            database = _database(str(folder), (folder / RECORDS).stat().st_mtime, hashes)
             if database is not None:
                 databases.append((source, database, read_choices(folder)))
-    for index, candidate in enumerate(_related(spec)):
-        mod = depthwise_module(candidate)
+    for index, (candidate, mod) in enumerate(candidates):
         for source, database, choices in databases:
             if not database.has_workload(mod):
                 continue

@@ -28,7 +28,7 @@ from typing import TextIO
 
 from . import cache
 from .compute import depthwise_module
-from .records import RECORDS, WORKLOADS, _database, _mean, record_choice, repair, trace_id, user_log_dir
+from .records import RECORDS, WORKLOADS, _mean, forget_loaded, record_choice, repair, trace_id, user_log_dir
 from .runtime import aligned_copy
 from .spec import DepthwiseSpec
 from .targets import TargetLike, resolve_target, target_key
@@ -612,7 +612,7 @@ def tune(
             database = state["database"]
             yield database, database.commit_workload(mod)
             state["seen"] = _file_state(folder)
-        _database.cache_clear()
+        forget_loaded()
 
     def measuring(mod):
         return _InProcess(mod, tgt) if tracker is None else _ThroughRunner(mod, tgt, *tools())

@@ -174,6 +174,27 @@ def test_records_are_per_target(isolated, tuned_logs):
     assert records.best_record(SPEC, other) is None  # another CPU never gets this machine's records
 
 
+def test_a_lookup_loads_only_its_own_workloads(isolated, tuned_logs):
+    # MetaSchedule's loader rebuilds every workload and trace of a folder (1.8 s for the shipped
+    # logs on a layer's first call); a lookup loads its own, so another workload's bad record
+    # does not cost this spec its records.
+    host = dwconv_tvm.resolve_target("host")
+    folder = _install(tuned_logs, isolated / "user", host)
+    workloads = (folder / records.WORKLOADS).read_text().splitlines()
+    stranger = json.loads(workloads[0])
+    stranger[0] = "12345"  # another structural hash: a workload no spec here has
+    with open(folder / records.WORKLOADS, "a") as f:
+        f.write(json.dumps(stranger) + "\n")
+    record = json.loads((folder / records.RECORDS).read_text().splitlines()[0])
+    record[0], record[1][0] = len(workloads), [[["NoSuchInstruction", [], [], []]], []]
+    with open(folder / records.RECORDS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        op = dwconv_tvm.compile(SPEC)
+    assert op.schedule.startswith("tuned:user:")
+
+
 class _Timed:
     """Stands in for the tuner's measurement in the final check: fixed medians by position,
     the template default first."""
