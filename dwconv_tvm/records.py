@@ -93,19 +93,39 @@ def repair(folder: Path) -> int:
     return dropped
 
 
-@functools.lru_cache(maxsize=16)
-def _log_lines(folder: str, records_mtime: float) -> tuple[list[str], list[str]]:
-    """The parsable workload and record lines of a folder (read once per version of its
-    records); damaged lines are skipped with a warning."""
-    lines = {name: _valid_lines(Path(folder) / name) for name in (WORKLOADS, RECORDS)}
-    bad = sum(b for _, b in lines.values())
-    if bad:
-        warnings.warn(f"Skipping {bad} damaged line(s) in the tuning log {folder}.", stacklevel=5)
-    return lines[WORKLOADS][0], lines[RECORDS][0]
+class _LogIndex(NamedTuple):
+    """A folder's parsable lines: each workload line with its structural hash (None if the
+    line has none), and each record line with the index of its workload."""
+
+    workloads: list[tuple[str | None, str]]
+    records: list[tuple[int, str]]
 
 
 def _unusable(folder: str, reason: str) -> None:
-    warnings.warn(f"Skipping the unusable tuning log {folder}: {reason}", stacklevel=5)
+    warnings.warn(f"Skipping the unusable tuning log {folder}: {reason}", stacklevel=6)
+
+
+@functools.lru_cache(maxsize=16)
+def _log_index(folder: str, records_mtime: float) -> _LogIndex | None:
+    """The `_LogIndex` of a folder, read once per version of its records; damaged lines are
+    skipped with a warning. None, with a warning, if a record names a workload that is not in
+    the file (MetaSchedule's loader would fail on the folder)."""
+    lines = {name: _valid_lines(Path(folder) / name) for name in (WORKLOADS, RECORDS)}
+    bad = sum(b for _, b in lines.values())
+    if bad:
+        warnings.warn(f"Skipping {bad} damaged line(s) in the tuning log {folder}.", stacklevel=6)
+    workloads = []
+    for line in lines[WORKLOADS][0]:
+        entry = json.loads(line)
+        workloads.append((str(entry[0]) if isinstance(entry, list) and entry else None, line))
+    records = []
+    for line in lines[RECORDS][0]:
+        entry = json.loads(line)
+        if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and 0 <= entry[0] < len(workloads)):
+            _unusable(folder, f"a record names no workload of the file: {line[:60]}")
+            return None
+        records.append((entry[0], line))
+    return _LogIndex(workloads, records)
 
 
 @functools.lru_cache(maxsize=256)
@@ -116,28 +136,21 @@ def _database(folder: str, records_mtime: float, workload_hashes: frozenset[str]
     MetaSchedule's loader rebuilds every workload module and trace of the files (1.8 s for the
     shipped MobileNetV2 and EfficientNet-B0 logs, on a layer's first call); a spec needs only
     its own workloads. So the lines of those are copied, their records renumbered, to a
-    temporary database that MetaSchedule loads (shipped logs are read-only). A record naming
-    a workload that is not in the file makes the whole folder unusable, as it would make
-    MetaSchedule's loader fail.
+    temporary database that MetaSchedule loads (shipped logs are read-only).
     """
     from tvm.s_tir import meta_schedule as ms
 
-    workloads, records = _log_lines(folder, records_mtime)
+    index = _log_index(folder, records_mtime)
+    if index is None:
+        return None
     renumbered: dict[int, int] = {}  # index in the file -> index in the copy
-    for index, line in enumerate(workloads):
-        entry = json.loads(line)
-        if isinstance(entry, list) and entry and str(entry[0]) in workload_hashes:
-            renumbered[index] = len(renumbered)
-    kept = []
-    for line in records:
-        entry = json.loads(line)
-        if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and 0 <= entry[0] < len(workloads)):
-            _unusable(folder, f"a record names no workload of the file: {line[:60]}")
-            return None
-        if entry[0] in renumbered:  # the line's rest is kept byte for byte
-            kept.append(f"[{renumbered[entry[0]]}," + line[line.index(",") + 1:])
+    for position, (shash, _) in enumerate(index.workloads):
+        if shash in workload_hashes:
+            renumbered[position] = len(renumbered)
+    # The rest of a record's line is kept byte for byte.
+    kept = [f"[{renumbered[w]}," + line[line.index(",") + 1:] for w, line in index.records if w in renumbered]
     with tempfile.TemporaryDirectory(prefix="dwconv-tvm-log-") as copy:
-        _write_lines(Path(copy) / WORKLOADS, [workloads[i] for i in renumbered])
+        _write_lines(Path(copy) / WORKLOADS, [index.workloads[i][1] for i in renumbered])
         _write_lines(Path(copy) / RECORDS, kept)
         try:  # the loader reads the files once into memory; nothing is committed to this copy
             return ms.database.JSONDatabase(
@@ -151,7 +164,7 @@ def _database(folder: str, records_mtime: float, workload_hashes: frozenset[str]
 
 def forget_loaded() -> None:
     """Drops the logs read so far, so the next lookup reads the files again (after tuning)."""
-    _log_lines.cache_clear()
+    _log_index.cache_clear()
     _database.cache_clear()
 
 
