@@ -22,8 +22,11 @@ def test_bench_times_our_layer_on_torch_tensors_beside_torch():
                        peers=("torch",))
     assert set(row["us"]) == {"ours", "copy", "torch", "ours_torch"}
     assert row["torch_input_vs_torch"] == row["us"]["torch"] / row["us"]["ours_torch"]
+    # The ceiling: what a kernel at the roof would gain over the best peer of the same run.
+    assert row["ceiling_vs_best_peer"] == row["us"]["torch"] / max(row["us"]["copy"], row["fma_floor_us"])
     table = bench.markdown([row])
     assert "ours on torch tensors µs" in table and "on torch tensors, geomean vs torch" in table
+    assert "roof vs best peer" in table and "a kernel at the roof would reach" in table
 
 
 def test_alternating_order_reverses_every_other_round():
