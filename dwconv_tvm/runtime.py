@@ -97,6 +97,11 @@ def aligned_copy(value: Any, dtype: Any) -> np.ndarray:
     return result
 
 
+def reference_counts(array: np.ndarray) -> tuple[int, int]:
+    """`sys.getrefcount` of a pooled array and of its buffer, as `OutputPool` reads them."""
+    return sys.getrefcount(array), sys.getrefcount(array.base)
+
+
 class OutputPool:
     """Output arrays of one shape and dtype, handed out again once nothing else refers to them.
 
@@ -108,6 +113,12 @@ class OutputPool:
     tensor still referring to it (NumPy's views refer to the buffer underneath, so both are
     counted) keeps it out of reuse. Two slots cover a dropped result and `y = layer(x)` in a
     loop (the old `y` lives until the call returns).
+
+    The counts that mean "the pool alone" are measured on each new entry before anyone else can
+    see it, by the same call the reuse check makes, rather than assumed: what `getrefcount`
+    includes for a local variable passed to it changes between interpreters (Python 3.14
+    borrows such references), and an assumed count one too high would hand out an array
+    that the caller still holds.
     """
 
     # Reference counts say who holds an array only under the GIL; a free-threaded build
@@ -116,27 +127,27 @@ class OutputPool:
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype):
         self._shape, self._dtype = shape, dtype
-        self._entries: tuple[tuple[np.ndarray, Any], ...] = ()
+        # Entries: [array, its TVM view, the counts when only the pool holds them].
+        self._entries: tuple[list, ...] = ()
 
     def take(self) -> tuple[np.ndarray, Any]:
         """An output array no one else holds, and what to pass the kernel for it: a pooled
         array and its view, a new pooled one while a slot is free, else a plain `np.empty`
         array (passed as itself) when the caller holds every slot."""
-        getrefcount = sys.getrefcount
         for entry in self._entries:
             array = entry[0]
-            # `array`: the entry, the view, this local, the argument. Its buffer (`.base`): the
-            # array, the argument. Under the GIL a concurrent caller's local adds one for both
-            # callers, so neither takes it.
-            if getrefcount(array) == 4 and getrefcount(array.base) == 2:
+            # Held here by the entry, the view and this local (under the GIL a concurrent
+            # caller's local adds one for both callers, so neither takes it).
+            if reference_counts(array) == entry[2]:
                 return array, entry[1]  # a new tuple, so the array stays counted until unpacked
         if len(self._entries) >= self.slots:
             array = np.empty(self._shape, self._dtype)
             return array, array
         array = aligned_empty(self._shape, self._dtype)
-        view = device_view(array)
-        self._entries = (*self._entries, (array, view))  # one assignment: readers see all or none
-        return array, view
+        entry = [array, device_view(array), None]
+        entry[2] = reference_counts(array)  # as the check above will see it: entry, view, local
+        self._entries = (*self._entries, entry)  # one assignment: readers see all or none
+        return array, entry[1]
 
 
 def kernel_input(array: np.ndarray) -> np.ndarray:
