@@ -51,6 +51,10 @@ EVALUATOR = {"number": 1, "repeat": 3, "min_repeat_ms": 40}
 UNLIMITED = 1 << 30  # trials when only a time budget is given
 CONFIRMED = 3  # the search's best new candidates, re-measured with the sweep's protocol
 FINALISTS = 4  # the fastest distinct records timed beside the default in the final check
+# Template combinations timed side by side per group in the sweep: records measured seconds
+# apart on a shared machine do not compare (one batch-8 sweep here recorded the default at
+# 2190 us and a combination at 1105 us that both run in 420-690 us side by side).
+SWEEP_GROUP = 12
 FINAL_ROUNDS = 5  # its rounds; each times every finalist once, in alternating order
 # A tuned schedule replaces the default only if it is faster by more than this in the final
 # check: closer than that is noise on a shared machine, and the default is the tested one.
@@ -70,8 +74,6 @@ class _InProcess:
     build and ~0.15 s to time one candidate, where a round trip through MetaSchedule's worker
     pools costs seconds. Used for the template's own (tested) schedules, and to re-measure
     search candidates that already ran in MetaSchedule's sandboxed runner."""
-
-    batch = 1
 
     def __init__(self, mod, target):
         import numpy as np
@@ -124,8 +126,6 @@ class _InProcess:
 
 class _ThroughRunner:
     """Builds with MetaSchedule's builder and measures with its runner (a TVM RPC fleet)."""
-
-    batch = 8
 
     def __init__(self, mod, target, builder, runner):
         from tvm.s_tir import meta_schedule as ms
@@ -359,9 +359,12 @@ def _open_for_tuning(folder: Path):
 
 def _sweep(spec, mod, rule, target, database, workload, measure, trials, progress, favored) -> tuple | None:
     """Measures the template's knob combinations (its default first, then the combinations
-    that won on earlier specs, then the rest) until `trials` or the deadline (the first batch
-    runs even past it, so every spec gets its default measured); each record is committed as
-    soon as it is measured. Returns the knob values of the fastest, if any."""
+    that won on earlier specs, then the rest) until `trials` or the deadline (the first group
+    runs even past it, so every spec gets its default measured; a spec reached past the deadline
+    gets only that). Each group of `SWEEP_GROUP`
+    is timed side by side, `EVALUATOR["repeat"]` rounds in alternating order, so that its
+    ranking does not follow the machine's phases, and committed as soon as it is measured.
+    Returns the knob values of the fastest, if any."""
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
@@ -379,12 +382,16 @@ def _sweep(spec, mod, rule, target, database, workload, measure, trials, progres
     candidates[1:] = sorted(candidates[1:], key=lambda c: rank.get(c[1], len(rank)))
     candidates = [c for c in candidates if str(c[0].trace) not in measured][:trials]
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    if not candidates:
+        return None
     best, best_values = math.inf, None
-    for start in range(0, len(candidates), measure.batch):
-        if progress.stop.is_set() or (start and progress.expired()):  # the first batch runs even past the deadline
+    # A spec reached past its deadline gets its default alone.
+    bounds = [0, *range(1 if progress.expired() else SWEEP_GROUP, len(candidates), SWEEP_GROUP), len(candidates)]
+    for start, stop in zip(bounds, bounds[1:]):
+        if progress.stop.is_set() or (start and progress.expired()):  # the first group runs even past the deadline
             break
-        batch = candidates[start:start + measure.batch]
-        for (sch, values), run_secs in zip(batch, measure([sch.mod for sch, _ in batch])):
+        group = candidates[start:stop]
+        for (sch, values), run_secs in zip(group, measure.side_by_side([sch.mod for sch, _ in group], EVALUATOR["repeat"])):
             progress.add(run_secs)
             if not run_secs:
                 continue

@@ -122,6 +122,21 @@ def test_every_layer_is_swept_before_any_search(tmp_path, monkeypatch):
     assert calls == [("sweep", SMALL), ("sweep", other), ("search", SMALL), ("search", other)]
 
 
+def test_the_sweep_times_its_combinations_side_by_side(tmp_path, monkeypatch):
+    # Records measured seconds apart do not compare on a shared machine: the sweep times each
+    # group of combinations in interleaved rounds, and the final check then its finalists.
+    groups = []
+    side_by_side = tuning._InProcess.side_by_side
+    monkeypatch.setattr(tuning._InProcess, "side_by_side",
+                        lambda self, mods, rounds: groups.append((len(mods), rounds)) or side_by_side(self, mods, rounds))
+    monkeypatch.setattr(tuning, "_search", lambda *args: None)
+    tuning.tune(SMALL, trials=18, log_dir=tmp_path / "db")
+    sweep_rounds = tuning.EVALUATOR["repeat"]
+    assert groups[:2] == [(tuning.SWEEP_GROUP, sweep_rounds), (18 - tuning.SWEEP_GROUP, sweep_rounds)]
+    assert groups[2][1] == tuning.FINAL_ROUNDS and len(groups) == 3
+    assert len(_records(tmp_path / "db")) == 18
+
+
 def test_a_layer_past_the_deadline_still_gets_its_default_measured(tmp_path):
     tuning.tune([SPEC, SMALL], trials=None, time_budget_s=0.05, log_dir=tmp_path / "db")
     database = _database(tmp_path / "db")
