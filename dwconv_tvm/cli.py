@@ -130,12 +130,14 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    import shlex
+
     import tvm
 
     from . import __version__
     from .cache import cache_root
     from .targets import resolve_target, target_key
-    from .records import best_record, shipped_log_dir, user_log_dir
+    from .records import best_record, has_shipped_logs, shipped_keys, shipped_log_dir, user_log_dir
 
     tgt = resolve_target(args.target)
     print(f"dwconv-tvm {__version__}, TVM {tvm.__version__}")
@@ -143,6 +145,12 @@ def _info(args: argparse.Namespace) -> int:
     print(f"target key: {target_key(tgt)}")
     print(f"kernel cache: {cache_root()}")
     print(f"tuning logs: user {user_log_dir(tgt)}, shipped {shipped_log_dir(tgt)}")
+    if not has_shipped_logs(tgt):
+        # Records of one CPU model are not applied to another; say so rather than leave the
+        # user to wonder why every layer runs its default.
+        print(f"no shipped logs for {target_key(tgt)} (shipped: {', '.join(shipped_keys()) or 'none'}): untuned "
+              "layers run the hand-written defaults; `dwconv-tvm tune --model mobilenet_v2 --time-budget 5m"
+              f"{'' if args.target in (None, 'host') else ' --target ' + shlex.quote(str(args.target))}` tunes for it")
     if args.model or args.input_shape:
         for spec in _specs_from_args(args):
             found = best_record(spec, tgt)

@@ -53,6 +53,19 @@ def shipped_log_dir(target: TargetLike) -> Path:
     return Path(shipped.__file__).resolve().parent / target_key(target)
 
 
+def shipped_keys() -> list[str]:
+    """The target keys that have shipped tuning logs, sorted."""
+    import dwconv_tvm.tuning_logs as shipped
+
+    root = Path(shipped.__file__).resolve().parent
+    return sorted(folder.name for folder in root.iterdir() if folder.is_dir() and _has_records(folder))
+
+
+def has_shipped_logs(target: TargetLike) -> bool:
+    """Whether `target`'s key has shipped tuning logs."""
+    return _has_records(shipped_log_dir(target))
+
+
 def _has_records(folder: Path) -> bool:
     return (folder / RECORDS).is_file() and (folder / WORKLOADS).is_file()
 

@@ -29,6 +29,18 @@ def test_info_and_targets(command):
     assert "llvm" in result.stdout
 
 
+def test_info_says_when_a_target_has_no_shipped_logs():
+    # Records of one CPU model never apply to another: a user on a CPU we did not tune for is
+    # told which keys are shipped and how to tune for theirs.
+    haswell = '{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}'
+    result = _cli("info", "--target", haswell)
+    assert result.returncode == 0, result.stderr
+    assert "no shipped logs for llvm-haswell (shipped: " in result.stdout and "llvm-znver4" in result.stdout
+    assert f"--target '{haswell}'" in result.stdout
+    shipped = _cli("info", "--target", '{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}')
+    assert shipped.returncode == 0 and "no shipped logs" not in shipped.stdout
+
+
 @pytest.mark.parametrize("buffered", [False, True])
 def test_output_into_a_closed_pipe_ends_quietly(buffered):
     # As `dwconv-tvm info --model mobilenet_v2 | head -1`: the reader leaves early. Unbuffered
