@@ -136,6 +136,48 @@ def test_every_nhwc_knob_combination_is_exact_with_padding(shape, kernel, stride
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(plan.values))
 
 
+def _plan(spec, decisions=(), target=AVX512):
+    from tvm import s_tir
+
+    from dwconv_tvm.schedules.common import forced_knobs
+
+    sch = s_tir.Schedule(dwconv_tvm.compute.depthwise_module(spec))
+    with forced_knobs(decisions) as plan:
+        cpu_schedule.schedule(sch, spec, target)
+    return sch, plan
+
+
+def test_nhwc_wide_windows_are_swept_in_channel_chunks():
+    # 14x14x576 in 1 x 7 tiles reads 3 x 9 x 576 floats (62 KB) per tile: the default sweeps
+    # it in 2 chunks of 31 KB so the next tile finds its shared columns in L1.
+    _, plan = _plan(DepthwiseSpec.from_keras((1, 14, 14, 576), 3, 1, "same"))
+    assert plan.values == [1, 1, 7, 2, 2] and plan.sizes[-1] == 4  # chunks of 1, 2, 3 or 4
+    # Windows that fit L1 keep one chunk, and so do tiles as wide as the output (no next tile).
+    assert _plan(DepthwiseSpec.from_keras((1, 56, 56, 144), 3, 1, "same"))[1].values[-1] == 1
+    _, seven = _plan(DepthwiseSpec.from_keras((1, 7, 7, 960), 3, 1, "same"))
+    assert seven.values[-1] == 1 and seven.sizes[-1] == 1
+
+
+@pytest.mark.parametrize("depth", [0, 1], ids=["row-parallel", "tile-parallel"])
+def test_every_channel_chunk_count_is_exact(depth, rng):
+    import numpy as np
+    import tvm
+
+    from reference import depthwise
+
+    spec = DepthwiseSpec.from_keras((1, 6, 10, 192), 3, 1, "same")  # 12 AVX-512 vectors, 24 AVX2 ones
+    x, k, b = (rng.standard_normal(shape).astype("float32") for shape in (spec.input_shape, spec.kernel_shape, spec.bias_shape))
+    want = depthwise(x, k, b, (1, 1), "same", (1, 1))
+    _, default = _plan(spec, target=HOST)
+    counts = [_plan(spec, (*default.chosen[:3], depth, c), HOST)[1].values[-1] for c in range(4 if depth == 0 else 1)]
+    assert counts == ([1, 2, 3, 4] if depth == 0 else [1])
+    for index in range(len(counts)):
+        sch, plan = _plan(spec, (*default.chosen[:3], depth, index), HOST)
+        got = np.empty(spec.output_shape, "float32")
+        tvm.compile(sch.mod, target=HOST).mod["main"](x, k, b, got)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(plan.values))
+
+
 def test_nchw_cpu_structure():
     spec = DepthwiseSpec.from_keras((1, 32, 28, 28), 3, 1, "same", data_format="channels_first")
     script, _ = _script(spec, AVX512)
