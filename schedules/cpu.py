@@ -123,7 +123,9 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     blocks = knob(sch, [1, 2] if channels % (2 * vec) == 0 else [1], 1)
     rows_default, x_default = default_tile(spec.out_height, spec.out_width)
     y_tile = knob(sch, [r for r in (1, 2, 4) if spec.out_height % r == 0], rows_default)
-    x_candidates = [c for c in _divisors(spec.out_width, 1, 12) + [4, 8] if c <= spec.out_width]
+    # 3 (predicated tail) gives 4 x 3 tiles: 12 accumulator chains where two FMA pipes of 4-cycle
+    # latency need 8 (Zen 5: 1.05-1.08x over 2 x 4 on 56x56x144 s1, back to back).
+    x_candidates = [c for c in _divisors(spec.out_width, 1, 12) + [3, 4, 8] if c <= spec.out_width]
     if y_tile > 1:
         x_candidates = [c for c in x_candidates if c * y_tile * blocks <= MAX_TILE_VECTORS]
     if y_tile != rows_default:

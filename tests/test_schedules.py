@@ -72,15 +72,16 @@ def test_nhwc_multi_row_tiles_stay_within_the_register_budget():
     def apply():
         cpu_schedule.schedule(s_tir.Schedule(dwconv_tvm.compute.depthwise_module(spec)), spec, AVX512)
 
-    rows_seen = set()
+    tiles = set()
     for decisions in knob_space(apply):
         with forced_knobs(decisions) as plan:
             apply()
         blocks, rows, columns = plan.values[:3]
-        rows_seen.add(rows)
+        tiles.add((rows, columns))
         if rows > 1:
             assert rows * columns * blocks <= cpu_schedule.MAX_TILE_VECTORS
-    assert rows_seen == {1, 2, 4}
+    assert {rows for rows, _ in tiles} == {1, 2, 4}
+    assert (4, 3) in tiles  # 12 accumulators, the last column tile predicated (56 = 18 x 3 + 2)
 
 
 def test_nhwc_interior_column_tiles_run_without_bounds_checks():
