@@ -129,7 +129,7 @@ def test_every_layer_is_swept_before_any_search(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "_sweep", lambda spec, *args: calls.append(("sweep", spec)) or sweep(spec, *args))
     monkeypatch.setattr(tuning, "_search", lambda mod, rule, spec, *args: calls.append(("search", spec)))
     other = dataclasses.replace(SMALL, activation="relu")
-    tuning.tune([SMALL, other], trials=20, log_dir=tmp_path / "db")
+    tuning.tune([SMALL, other], trials=_space(SMALL) + 2, log_dir=tmp_path / "db")  # trials left to search
     assert calls == [("sweep", SMALL), ("sweep", other), ("search", SMALL), ("search", other)]
 
 
