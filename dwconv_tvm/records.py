@@ -46,19 +46,21 @@ def user_log_dir(target: TargetLike) -> Path:
     return base / target_key(target)
 
 
-def shipped_log_dir(target: TargetLike) -> Path:
-    """The shipped (read-only) tuning database folder for `target`."""
+def _shipped_root() -> Path:
+    """The installed `tuning_logs` folder, one subfolder per target key."""
     import dwconv_tvm.tuning_logs as shipped
 
-    return Path(shipped.__file__).resolve().parent / target_key(target)
+    return Path(shipped.__file__).resolve().parent
+
+
+def shipped_log_dir(target: TargetLike) -> Path:
+    """The shipped (read-only) tuning database folder for `target`."""
+    return _shipped_root() / target_key(target)
 
 
 def shipped_keys() -> list[str]:
     """The target keys that have shipped tuning logs, sorted."""
-    import dwconv_tvm.tuning_logs as shipped
-
-    root = Path(shipped.__file__).resolve().parent
-    return sorted(folder.name for folder in root.iterdir() if folder.is_dir() and _has_records(folder))
+    return sorted(folder.name for folder in _shipped_root().iterdir() if folder.is_dir() and _has_records(folder))
 
 
 def has_shipped_logs(target: TargetLike) -> bool:
