@@ -8,7 +8,9 @@ NHWC (channels_last): the innermost loop covers output channels, one SIMD vector
 `y_tile` output rows x `x_tile` output columns form a register tile whose accumulators stay in
 vector registers while the unrolled kernel taps stream over them, so each weight vector is
 loaded once per tile and each input vector is reused across the kernel row (and, with two or
-more rows, across the rows of the tile that read it); batch x row tiles run in parallel. The
+more rows, across the rows of the tile that read it); batch x row tiles run in parallel, or, on
+layers whose data fits the caches, batch x narrow channel chunks (each thread sweeps every row of
+its slice, so the input rows shared by consecutive row tiles are still in L1). The
 zero padding is inlined: its bounds check depends on the pixel, not the channel, so it is one
 uniform branch per vector, and the column-tile loop is split (TVM's LoopPartition, by a hint)
 into the border tiles and the interior, which runs without checks. Channel counts that are not
@@ -90,6 +92,12 @@ def tile_window_bytes(spec: DepthwiseSpec, y_tile: int, x_tile: int) -> int:
     return rows * columns * spec.channels * itemsize
 
 
+# Per-image input + output bytes up to which the untuned NHWC schedule runs channel chunks in
+# parallel: on znver5 (1 MB L2 per core) that ran 1.2-1.5x faster on every MobileNetV2 layer up
+# to 56x56x144 s2 (2.25 MB), tied on 56x56x144 s1 (3.6 MB) and lost 1.16x on 112x112x96 s2.
+CHANNEL_PARALLEL_BYTES = 5 * 2**19
+
+
 def default_chunks(window_bytes: int, candidates: list[int]) -> int:
     """Fewest channel chunks whose window fits `L1_WINDOW_BYTES` (else the most there are)."""
     return next((c for c in candidates if window_bytes <= L1_WINDOW_BYTES * c), candidates[-1])
@@ -110,6 +118,20 @@ def schedule(sch, spec: DepthwiseSpec, target) -> None:
         _schedule_nchw(sch, spec, lanes)
 
 
+def prefers_channel_parallel(spec: DepthwiseSpec) -> bool:
+    """Whether the untuned NHWC schedule runs channel chunks in parallel (see `CHANNEL_PARALLEL_BYTES`)."""
+    itemsize = {"float16": 2, "float32": 4, "float64": 8}[spec.dtype]
+    per_image = (spec.height * spec.width * spec.channels + spec.out_height * spec.out_width * spec.out_channels)
+    return per_image * itemsize <= CHANNEL_PARALLEL_BYTES
+
+
+def channel_chunk_candidates(vectors: int) -> list[int]:
+    """Chunk counts for channel-parallel schedules: chunks of 1, 2, 3, 4 or 6 vectors, at least two
+    chunks. The default, `max(candidates)` unless halving it still leaves two chunks, is chunks
+    of 2 vectors (1 where `vectors` is odd): on znver5 fewer, wider chunks were never faster."""
+    return sorted({vectors // per for per in (1, 2, 3, 4, 6) if vectors % per == 0 and vectors // per >= 2})
+
+
 def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     padded = has_block(sch, "pad")
     if padded:
@@ -121,7 +143,10 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     # 111 us with a 16-wide masked tail vs 26 us with 4-wide vectors on 56x56).
     vec = max(d for d in _divisors(channels, 1, lanes) if d & (d - 1) == 0)
     blocks = knob(sch, [1, 2] if channels % (2 * vec) == 0 else [1], 1)
-    rows_default, x_default = default_tile(spec.out_height, spec.out_width)
+    vectors = channels // (vec * blocks)
+    by_channels = prefers_channel_parallel(spec) and vectors >= 2
+    rows_default, x_default = (1, default_x_tile(spec.out_width)) if by_channels else default_tile(
+        spec.out_height, spec.out_width)
     y_tile = knob(sch, [r for r in (1, 2, 4) if spec.out_height % r == 0], rows_default)
     # 3 (predicated tail) gives 4 x 3 tiles: 12 accumulator chains where two FMA pipes of 4-cycle
     # latency need 8 (Zen 5: 1.05-1.08x over 2 x 4 on 56x56x144 s1, back to back).
@@ -134,29 +159,41 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     x_tile = knob(sch, x_candidates, x_default if x_default in x_candidates else max(x_candidates))
     yo, yi = sch.split(y, [None, y_tile])
     xo, xi = sch.split(x, [None, x_tile])
-    depth = knob(sch, [2, 3], 2)  # parallel over row tiles, or row tiles x column tiles
-    # Channel chunks outside the column tiles (row-parallel schedules with more than one column
-    # tile): 14x14x576 with 2 x 4 tiles reads a 55 KB window per tile; in 3 chunks it ran
-    # 1.43x faster on znver5, while layers whose windows fit L1 gained nothing.
-    vectors = channels // (vec * blocks)
-    chunk_candidates = [1]
-    if depth == 2 and spec.out_width > x_tile:
-        chunk_candidates = [c for c in (1, 2, 3, 4) if vectors % c == 0]
-    window = tile_window_bytes(spec, y_tile, x_tile)
-    chunks = knob(sch, chunk_candidates, default_chunks(window, chunk_candidates))
-    if chunks > 1:
+    # What runs in parallel: 2, the batch x row tiles; 3, the batch x row tiles x column tiles;
+    # 1, the batch x channel chunks (each thread sweeps all rows of a narrow channel slice, so the
+    # rows a tile shares with the next stay in L1 and 7-row layers balance over 2 threads).
+    depth = knob(sch, [2, 3] + ([1] if vectors >= 2 else []), 1 if by_channels else 2)
+    if depth == 1:
+        candidates = channel_chunk_candidates(vectors)
+        halved = [c for c in candidates if c * 2 == vectors]
+        chunks = knob(sch, candidates, halved[0] if halved else max(candidates))
+    else:
+        # Channel chunks outside the column tiles (row-parallel schedules with more than one
+        # column tile): 14x14x576 with 2 x 4 tiles reads a 55 KB window per tile; in 3 chunks it
+        # ran 1.43x faster on znver5, while layers whose windows fit L1 gained nothing.
+        chunk_candidates = [1]
+        if depth == 2 and spec.out_width > x_tile:
+            chunk_candidates = [c for c in (1, 2, 3, 4) if vectors % c == 0]
+        window = tile_window_bytes(spec, y_tile, x_tile)
+        chunks = knob(sch, chunk_candidates, default_chunks(window, chunk_candidates))
+    if depth == 1:
+        oc, oo, ob, oi = sch.split(o, [chunks, None, blocks, vec])
+        sch.reorder(n, oc, yo, xo, oo, yi, xi, ob, oi)
+        sch.parallel(sch.fuse(n, oc))
+    elif chunks > 1:
         oc, oo, ob, oi = sch.split(o, [chunks, None, blocks, vec])
         sch.reorder(n, yo, oc, xo, oo, yi, xi, ob, oi)
+        sch.parallel(sch.fuse(n, yo))
     else:  # the schedule (and its trace) of the templates before chunks existed
         oo, ob, oi = sch.split(o, [None, blocks, vec])
         sch.reorder(n, yo, xo, oo, yi, xi, ob, oi)
-    sch.parallel(sch.fuse(*[n, yo, xo][:depth]))
+        sch.parallel(sch.fuse(*[n, yo, xo][:depth]))
     accumulate_in_registers(sch, oo, 4, vectorize_innermost=True, scope="global")
     sch.unroll(yi)
     sch.unroll(xi)
     sch.unroll(ob)
     sch.vectorize(oi)
-    if depth == 2 and padded:
+    if depth != 3 and padded:
         # Border column tiles apart from interior ones, which then run without bounds checks
         # (znver4: 5-14% on 28x28 and larger; the row checks left are one branch per tile).
         sch.annotate(xo, "pragma_loop_partition_hint", 1)

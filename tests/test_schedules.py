@@ -148,32 +148,56 @@ def _plan(spec, decisions=(), target=AVX512):
     return sch, plan
 
 
+ROW_PARALLEL, TILE_PARALLEL, CHANNEL_PARALLEL = 1, 2, 0  # decision indices of the parallel knob
+
+
 def test_nhwc_wide_windows_are_swept_in_channel_chunks():
-    # 14x14x576 in 1 x 7 tiles reads 3 x 9 x 576 floats (62 KB) per tile: the default sweeps
-    # it in 2 chunks of 31 KB so the next tile finds its shared columns in L1.
-    _, plan = _plan(DepthwiseSpec.from_keras((1, 14, 14, 576), 3, 1, "same"))
+    # 14x14x576 in 1 x 7 row-parallel tiles reads 3 x 9 x 576 floats (62 KB) per tile: the
+    # default sweeps it in 2 chunks of 31 KB so the next tile finds its shared columns in L1.
+    spec = DepthwiseSpec.from_keras((1, 14, 14, 576), 3, 1, "same")
+    _, plan = _plan(spec, (*_plan(spec)[1].chosen[:3], ROW_PARALLEL))
     assert plan.values == [1, 1, 7, 2, 2] and plan.sizes[-1] == 4  # chunks of 1, 2, 3 or 4
     # Windows that fit L1 keep one chunk, and so do tiles as wide as the output (no next tile).
-    assert _plan(DepthwiseSpec.from_keras((1, 56, 56, 144), 3, 1, "same"))[1].values[-1] == 1
-    _, seven = _plan(DepthwiseSpec.from_keras((1, 7, 7, 960), 3, 1, "same"))
-    assert seven.values[-1] == 1 and seven.sizes[-1] == 1
+    assert _plan(DepthwiseSpec.from_keras((1, 56, 56, 144), 3, 1, "same"))[1].values[-2:] == [2, 1]
+    seven_spec = DepthwiseSpec.from_keras((1, 7, 7, 960), 3, 1, "same")
+    _, seven = _plan(seven_spec, (*_plan(seven_spec)[1].chosen[:3], ROW_PARALLEL))
+    assert seven.values[-2:] == [2, 1] and seven.sizes[-1] == 1
 
 
-@pytest.mark.parametrize("depth", [0, 1], ids=["row-parallel", "tile-parallel"])
-def test_every_channel_chunk_count_is_exact(depth, rng):
+def test_nhwc_small_layers_run_channel_chunks_in_parallel():
+    # Up to CHANNEL_PARALLEL_BYTES per image, threads split the channels, each sweeping all rows
+    # of its slice in 1 x 7 tiles: 7 row tiles no longer split 4 + 3 over 2 threads.
+    sch, plan = _plan(DepthwiseSpec.from_keras((1, 7, 7, 960), 3, 1, "same"))
+    assert plan.values == [1, 1, 7, 1, 30]  # 60 vectors in chunks of 2
+    assert plan.sizes[-2:] == [3, 5]  # 3 parallel layouts; chunks of 1, 2, 3, 4 or 6 vectors
+    assert "T.parallel(30)" in sch.mod.script()
+    assert _plan(DepthwiseSpec.from_keras((1, 28, 28, 144), 3, 1, "same"))[1].values[-2:] == [1, 9]  # odd: 1 each
+    for big in [(1, 56, 56, 144), (1, 112, 112, 96)]:  # beyond the caches: row tiles in parallel
+        assert _plan(DepthwiseSpec.from_keras(big, 3, 1, "same"))[1].values[3] == 2
+    # One vector of channels cannot be split: no channel-parallel layout.
+    assert _plan(DepthwiseSpec.from_keras((1, 8, 8, 16), 3, 1, "same"))[1].sizes[3] == 2
+
+
+@pytest.mark.parametrize("layout", [CHANNEL_PARALLEL, ROW_PARALLEL, TILE_PARALLEL],
+                         ids=["channel-parallel", "row-parallel", "tile-parallel"])
+def test_every_channel_chunk_count_is_exact(layout, rng):
     import numpy as np
     import tvm
 
     from reference import depthwise
 
-    spec = DepthwiseSpec.from_keras((1, 6, 10, 192), 3, 1, "same")  # 12 AVX-512 vectors, 24 AVX2 ones
+    spec = DepthwiseSpec.from_keras((2, 6, 10, 192), 3, 1, "same")  # 12 AVX-512 vectors, 24 AVX2 ones
     x, k, b = (rng.standard_normal(shape).astype("float32") for shape in (spec.input_shape, spec.kernel_shape, spec.bias_shape))
     want = depthwise(x, k, b, (1, 1), "same", (1, 1))
     _, default = _plan(spec, target=HOST)
-    counts = [_plan(spec, (*default.chosen[:3], depth, c), HOST)[1].values[-1] for c in range(4 if depth == 0 else 1)]
-    assert counts == ([1, 2, 3, 4] if depth == 0 else [1])
+    _, first = _plan(spec, (*default.chosen[:3], layout), HOST)
+    counts = [_plan(spec, (*default.chosen[:3], layout, c), HOST)[1].values[-1] for c in range(first.sizes[-1])]
+    vectors = 192 // (16 if cpu_schedule.simd_bits(HOST) == 512 else 8)
+    expected = {CHANNEL_PARALLEL: sorted({vectors // p for p in (1, 2, 3, 4, 6)}),
+                ROW_PARALLEL: [1, 2, 3, 4], TILE_PARALLEL: [1]}[layout]
+    assert counts == expected
     for index in range(len(counts)):
-        sch, plan = _plan(spec, (*default.chosen[:3], depth, index), HOST)
+        sch, plan = _plan(spec, (*default.chosen[:3], layout, index), HOST)
         got = np.empty(spec.output_shape, "float32")
         tvm.compile(sch.mod, target=HOST).mod["main"](x, k, b, got)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(plan.values))
