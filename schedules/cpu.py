@@ -93,8 +93,9 @@ def tile_window_bytes(spec: DepthwiseSpec, y_tile: int, x_tile: int) -> int:
 
 
 # Per-image input + output bytes up to which the untuned NHWC schedule runs channel chunks in
-# parallel: on znver5 (1 MB L2 per core) that ran 1.2-1.5x faster on every MobileNetV2 layer up
-# to 56x56x144 s2 (2.25 MB), tied on 56x56x144 s1 (3.6 MB) and lost 1.16x on 112x112x96 s2.
+# parallel: on znver5 (1 MB L2 per core), untuned, that ran the MobileNetV2 layers up to
+# 56x56x144 s2 (2.25 MB) 1.14-1.53x faster than their tuned row-parallel records (28x28x192 s2:
+# 1.02x), tied on 56x56x144 s1 (3.6 MB) and lost 1.16x on 112x112x96 s2 (6 MB).
 CHANNEL_PARALLEL_BYTES = 5 * 2**19
 
 
@@ -119,16 +120,17 @@ def schedule(sch, spec: DepthwiseSpec, target) -> None:
 
 
 def prefers_channel_parallel(spec: DepthwiseSpec) -> bool:
-    """Whether the untuned NHWC schedule runs channel chunks in parallel (see `CHANNEL_PARALLEL_BYTES`)."""
+    """Whether the untuned NHWC schedule runs channel chunks in parallel: its data fits
+    `CHANNEL_PARALLEL_BYTES` per image."""
     itemsize = {"float16": 2, "float32": 4, "float64": 8}[spec.dtype]
-    per_image = (spec.height * spec.width * spec.channels + spec.out_height * spec.out_width * spec.out_channels)
+    per_image = spec.height * spec.width * spec.channels + spec.out_height * spec.out_width * spec.out_channels
     return per_image * itemsize <= CHANNEL_PARALLEL_BYTES
 
 
 def channel_chunk_candidates(vectors: int) -> list[int]:
     """Chunk counts for channel-parallel schedules: chunks of 1, 2 or 4 vectors, at least two
-    chunks (on znver5, chunks of 3-10 vectors were never faster than those of 2, and 2 chunks
-    of 30 or 6 vectors ran 1.2-1.5x slower)."""
+    chunks (on znver5, chunks of 3-10 vectors were never faster than those of 2, and two wide
+    chunks, of 6-30 vectors, ran 1.15-1.5x slower)."""
     return sorted({vectors // per for per in (1, 2, 4) if vectors % per == 0 and vectors // per >= 2})
 
 
@@ -166,6 +168,9 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     if depth == 1:
         candidates = channel_chunk_candidates(vectors)  # default: 2 vectors each (1 if odd)
         chunks = knob(sch, candidates, vectors // 2 if vectors // 2 in candidates else vectors)
+        oc, oo, ob, oi = sch.split(o, [chunks, None, blocks, vec])
+        sch.reorder(n, oc, yo, xo, oo, yi, xi, ob, oi)
+        sch.parallel(sch.fuse(n, oc))
     else:
         # Channel chunks outside the column tiles (row-parallel schedules with more than one
         # column tile): 14x14x576 with 2 x 4 tiles reads a 55 KB window per tile; in 3 chunks it
@@ -175,17 +180,12 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
             chunk_candidates = [c for c in (1, 2, 3, 4) if vectors % c == 0]
         window = tile_window_bytes(spec, y_tile, x_tile)
         chunks = knob(sch, chunk_candidates, default_chunks(window, chunk_candidates))
-    if depth == 1:
-        oc, oo, ob, oi = sch.split(o, [chunks, None, blocks, vec])
-        sch.reorder(n, oc, yo, xo, oo, yi, xi, ob, oi)
-        sch.parallel(sch.fuse(n, oc))
-    elif chunks > 1:
-        oc, oo, ob, oi = sch.split(o, [chunks, None, blocks, vec])
-        sch.reorder(n, yo, oc, xo, oo, yi, xi, ob, oi)
-        sch.parallel(sch.fuse(n, yo))
-    else:  # the schedule (and its trace) of the templates before chunks existed
-        oo, ob, oi = sch.split(o, [None, blocks, vec])
-        sch.reorder(n, yo, xo, oo, yi, xi, ob, oi)
+        if chunks > 1:
+            oc, oo, ob, oi = sch.split(o, [chunks, None, blocks, vec])
+            sch.reorder(n, yo, oc, xo, oo, yi, xi, ob, oi)
+        else:  # the schedule (and its trace) of the templates before chunks existed
+            oo, ob, oi = sch.split(o, [None, blocks, vec])
+            sch.reorder(n, yo, xo, oo, yi, xi, ob, oi)
         sch.parallel(sch.fuse(*[n, yo, xo][:depth]))
     accumulate_in_registers(sch, oo, 4, vectorize_innermost=True, scope="global")
     sch.unroll(yi)
