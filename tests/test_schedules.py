@@ -203,6 +203,34 @@ def test_every_channel_chunk_count_is_exact(layout, rng):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(plan.values))
 
 
+@pytest.mark.parametrize("layout", [CHANNEL_PARALLEL, ROW_PARALLEL, TILE_PARALLEL],
+                         ids=["channel-parallel", "row-parallel", "tile-parallel"])
+@pytest.mark.parametrize("shape,kernel,strides,padding,options", [
+    ((2, 9, 11, 12), (3, 2), (2, 1), "same", {"depth_multiplier": 3}),  # 36 channels: 4-wide vectors
+    ((1, 12, 10, 64), (3, 3), (1, 1), "valid", {"dilation_rate": 2, "dtype": "float16"}),
+    ((1, 8, 8, 32), (5, 5), (1, 1), "same", {"dtype": "float64"}),
+], ids=["multiplier-unequal-strides", "float16-dilated-valid", "float64-5x5"])
+def test_every_parallel_layout_is_exact(shape, kernel, strides, padding, options, layout, rng):
+    # Small test shapes default to the channel-parallel layout: the row- and tile-parallel ones,
+    # which large layers default to, are forced here over dtypes, multipliers and strides.
+    import numpy as np
+    import tvm
+
+    from reference import depthwise
+
+    spec = DepthwiseSpec.from_keras(shape, kernel, strides, padding, **options)
+    x, k, b = (rng.standard_normal(s).astype(spec.dtype) for s in (spec.input_shape, spec.kernel_shape, spec.bias_shape))
+    want = depthwise(x, k, b, strides, padding, spec.dilation)
+    _, default = _plan(spec, target=HOST)
+    assert default.values[3] == 1  # channel-parallel by default
+    sch, plan = _plan(spec, (*default.chosen[:3], layout), HOST)
+    assert plan.values[3] == {CHANNEL_PARALLEL: 1, ROW_PARALLEL: 2, TILE_PARALLEL: 3}[layout]
+    got = np.empty(spec.output_shape, spec.dtype)
+    tvm.compile(sch.mod, target=HOST).mod["main"](x, k, b, got)
+    tolerance = {"float16": 2e-2, "float32": 1e-5, "float64": 1e-10}[spec.dtype]
+    np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance, err_msg=str(plan.values))
+
+
 def test_nchw_cpu_structure():
     spec = DepthwiseSpec.from_keras((1, 32, 28, 28), 3, 1, "same", data_format="channels_first")
     script, _ = _script(spec, AVX512)
