@@ -1,5 +1,6 @@
 """Schedules tested structurally (CPU and CUDA, no GPU needed), CUDA export and nvcc builds."""
 
+import itertools
 import json
 import re
 import shutil
@@ -168,10 +169,15 @@ def test_nhwc_small_layers_run_channel_chunks_in_parallel():
     # Up to CHANNEL_PARALLEL_BYTES per image, threads split the channels, each sweeping all rows
     # of its slice in 1 x 7 tiles: 7 row tiles no longer split 4 + 3 over 2 threads.
     sch, plan = _plan(DepthwiseSpec.from_keras((1, 7, 7, 960), 3, 1, "same"))
-    assert plan.values == [1, 1, 7, 1, 30]  # 60 vectors in chunks of 2
-    assert plan.sizes[-2:] == [3, 3]  # 3 parallel layouts; chunks of 1, 2 or 4 vectors
+    assert plan.values == [1, 1, 7, 1, 30, 1]  # 60 vectors in chunks of 2; 7 rows: one band
+    assert plan.sizes[3:] == [3, 3, 1]  # 3 parallel layouts; chunks of 1, 2 or 4 vectors
     assert "T.parallel(30)" in sch.mod.script()
-    assert _plan(DepthwiseSpec.from_keras((1, 28, 28, 144), 3, 1, "same"))[1].values[-2:] == [1, 9]  # odd: 1 each
+    # 9 vectors: chunks of 1, and the 28 rows in 2 bands so that 18 tasks split evenly.
+    sch, plan = _plan(DepthwiseSpec.from_keras((1, 28, 28, 144), 3, 1, "same"))
+    assert plan.values[3:] == [1, 9, 2] and "T.parallel(18)" in sch.mod.script()
+    assert _plan(DepthwiseSpec.from_keras((2, 28, 28, 144), 3, 1, "same"))[1].values[3:] == [1, 9, 1]  # even
+    _, short = _plan(DepthwiseSpec.from_keras((1, 14, 14, 144), 3, 1, "same"))  # bands of 7 rows ran slower
+    assert short.values[3:] == [1, 9, 1] and short.sizes[5] == 2
     for big in [(1, 56, 56, 144), (1, 112, 112, 96)]:  # beyond the caches: row tiles in parallel
         assert _plan(DepthwiseSpec.from_keras(big, 3, 1, "same"))[1].values[3] == 2
     # One vector of channels cannot be split: no channel-parallel layout.
@@ -191,13 +197,14 @@ def test_every_channel_chunk_count_is_exact(layout, rng):
     want = depthwise(x, k, b, (1, 1), "same", (1, 1))
     _, default = _plan(spec, target=HOST)
     _, first = _plan(spec, (*default.chosen[:3], layout), HOST)
-    counts = [_plan(spec, (*default.chosen[:3], layout, c), HOST)[1].values[-1] for c in range(first.sizes[-1])]
+    counts = [_plan(spec, (*default.chosen[:3], layout, c), HOST)[1].values[4] for c in range(first.sizes[4])]
     vectors = 192 // (16 if cpu_schedule.simd_bits(HOST) == 512 else 8)
     expected = {CHANNEL_PARALLEL: sorted({vectors // p for p in (1, 2, 4)}),
                 ROW_PARALLEL: [1, 2, 3, 4], TILE_PARALLEL: [1]}[layout]
     assert counts == expected
-    for index in range(len(counts)):
-        sch, plan = _plan(spec, (*default.chosen[:3], layout, index), HOST)
+    bands = range(2) if layout == CHANNEL_PARALLEL else [0]  # the channel layout's rows in 1 or 2 bands
+    for index, band in itertools.product(range(len(counts)), bands):
+        sch, plan = _plan(spec, (*default.chosen[:3], layout, index, band), HOST)
         got = np.empty(spec.output_shape, "float32")
         tvm.compile(sch.mod, target=HOST).mod["main"](x, k, b, got)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(plan.values))
