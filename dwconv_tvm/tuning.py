@@ -59,6 +59,10 @@ FINAL_ROUNDS = 5  # its rounds; each times every finalist once, in alternating o
 # A tuned schedule replaces the default only if it is faster by more than this in the final
 # check: closer than that is noise on a shared machine, and the default is the tested one.
 DEFAULT_MARGIN = 0.02
+# The final check warns when it times the default this much slower than its record: the machine
+# is in a slow phase (a shared VM here ran 1.5x slower for minutes), which slows some schedules
+# more than others (channel-parallel ones more than row-parallel), so the verdict may be off.
+SLOW_PHASE_RATIO = 1.25
 
 
 def _time_calls(fn, args, repeat: int = EVALUATOR["repeat"]) -> list[float]:
@@ -443,15 +447,18 @@ def _search(mod, rule, spec, target, database, workload, measure, builder, runne
 def _final_check(spec, mod, rule, target, database, workload, measure, folder: Path, progress) -> None:
     """Times the template's default and the fastest distinct records (`FINALISTS`) side by side
     and stores the verdict in the folder's `choices.json`: the fastest by median, unless the
-    default is within `DEFAULT_MARGIN` of it."""
+    default is within `DEFAULT_MARGIN` of it. Warns (a progress note) when the default ran more
+    than `SLOW_PHASE_RATIO` times slower than its fastest record."""
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     default = s_tir.Schedule(mod)
     rule.schedule(default, spec, target)
     recorded: dict[str, object] = {}  # trace_id -> trace, fastest record first
+    recorded_us: dict[str, float] = {}
     for record in database.get_top_k(workload, 1 << 30):
         recorded.setdefault(trace_id(record.trace), record.trace)
+        recorded_us.setdefault(trace_id(record.trace), _mean(record.run_secs) * 1e6)
     finalists = {trace_id(default.trace): default.mod}
     for tid, trace in recorded.items():
         if len(finalists) > FINALISTS:
@@ -477,6 +484,10 @@ def _final_check(spec, mod, rule, target, database, workload, measure, folder: P
     verdict = (f"the default stays, {medians[ids[0]]:.1f} us (fastest tuned {others:.1f} us)" if chosen == ids[0]
                else f"tuned {medians[chosen]:.1f} us beats the default's {medians[ids[0]]:.1f} us")
     progress.note(f"side by side: {verdict}; medians of {FINAL_ROUNDS} rounds over {len(ids)} schedules")
+    slowdown = medians[ids[0]] / recorded_us.get(ids[0], math.inf)
+    if slowdown > SLOW_PHASE_RATIO:
+        progress.note(f"the default ran {slowdown:.2f}x slower here than when it was recorded: the machine "
+                      "seems busy, which can change the ranking; re-judge later with --trials 0")
 
 
 def _parse_tracker(rpc_tracker: str | None, rpc_key: str | None):

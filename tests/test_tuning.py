@@ -234,7 +234,7 @@ class _Timed:
         return [[self.times[min(i, len(self.times) - 1)] * 1e-6] * rounds for i in range(len(mods))]
 
 
-def _final_check(folder, default_us, others_us):
+def _final_check(folder, default_us, others_us, stream=None):
     from tvm import s_tir
 
     from dwconv_tvm.schedules import cpu
@@ -242,7 +242,7 @@ def _final_check(folder, default_us, others_us):
     host = dwconv_tvm.resolve_target("host")
     mod = depthwise_module(SPEC)
     database = _database(folder)
-    progress = tuning._Progress("spec", 1, float("inf"), None, None)
+    progress = tuning._Progress("spec", 1, float("inf"), stream, None)
     timed = _Timed(default_us, others_us)
     tuning._final_check(SPEC, mod, cpu, host, database, database.commit_workload(mod), timed, folder, progress)
     default = s_tir.Schedule(mod)
@@ -258,6 +258,22 @@ def test_final_check_keeps_the_default_unless_clearly_faster(tuned_logs, tmp_pat
     assert len(verdict["median_us"]) >= 2
     verdict, default = _final_check(folder, 10.0, [9.0, 8.0])  # the second-fastest finalist wins
     assert verdict["chosen"] != default and verdict["median_us"][verdict["chosen"]] == 8.0
+
+
+def test_final_check_warns_when_the_machine_runs_slow(tuned_logs, tmp_path):
+    # A check timed in a slow phase of a shared machine can rank candidates differently from
+    # a quiet one: the default running far slower than its record says so, with the remedy.
+    import io
+
+    folder = tmp_path / "db"
+    shutil.copytree(tuned_logs, folder)
+    _, default = _final_check(folder, 10.0, [9.0])
+    recorded_us = min(tuning._mean(r.run_secs) for r in _records(folder)
+                      if records.trace_id(r.trace) == default) * 1e6
+    for factor, warned in [(1.0, False), (tuning.SLOW_PHASE_RATIO * 1.2, True)]:
+        stream = io.StringIO()
+        _final_check(folder, recorded_us * factor, [recorded_us * factor * 0.9], stream)
+        assert ("re-judge later with --trials 0" in stream.getvalue()) == warned, stream.getvalue()
 
 
 def test_zero_trials_only_rejudges(tuned_logs, tmp_path):
