@@ -171,8 +171,7 @@ def depthwise_primfunc(spec: DepthwiseSpec):
     from tvm import te
 
     func = te.create_prim_func(depthwise_tensors(spec), index_dtype_override=index_dtype(spec))
-    itemsize = {"float16": 2, "float32": 4, "float64": 8}[spec.dtype]
-    return relax_alignment(func, itemsize)
+    return relax_alignment(func, spec.itemsize)
 
 
 def depthwise_module(spec: DepthwiseSpec):

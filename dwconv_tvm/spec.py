@@ -253,12 +253,16 @@ class DepthwiseSpec:
         return max(math.prod(self.input_shape), math.prod(self.output_shape))
 
     @property
+    def itemsize(self) -> int:
+        """Bytes per element of the input, weights and output."""
+        return {"float16": 2, "float32": 4, "float64": 8}[self.dtype]
+
+    @property
     def compulsory_bytes(self) -> int:
         """Bytes every implementation must move: input, weights and bias read, output written."""
-        itemsize = {"float16": 2, "float32": 4, "float64": 8}[self.dtype]
         elements = math.prod(self.input_shape) + math.prod(self.output_shape)
         elements += math.prod(self.kernel_shape) + (self.out_channels if self.bias else 0)
-        return elements * itemsize
+        return elements * self.itemsize
 
     @property
     def key(self) -> str:

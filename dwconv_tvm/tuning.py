@@ -454,18 +454,16 @@ def _final_check(spec, mod, rule, target, database, workload, measure, folder: P
 
     default = s_tir.Schedule(mod)
     rule.schedule(default, spec, target)
-    recorded: dict[str, object] = {}  # trace_id -> trace, fastest record first
-    recorded_us: dict[str, float] = {}
+    recorded: dict[str, object] = {}  # trace_id -> its fastest record, fastest first
     for record in database.get_top_k(workload, 1 << 30):
-        recorded.setdefault(trace_id(record.trace), record.trace)
-        recorded_us.setdefault(trace_id(record.trace), _mean(record.run_secs) * 1e6)
+        recorded.setdefault(trace_id(record.trace), record)
     finalists = {trace_id(default.trace): default.mod}
-    for tid, trace in recorded.items():
+    for tid, record in recorded.items():
         if len(finalists) > FINALISTS:
             break
         if tid not in finalists:
             sch = s_tir.Schedule(mod)
-            trace.apply_to_schedule(sch, remove_postproc=False)
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
             finalists[tid] = sch.mod
     if len(finalists) < 2:
         return
@@ -484,7 +482,7 @@ def _final_check(spec, mod, rule, target, database, workload, measure, folder: P
     verdict = (f"the default stays, {medians[ids[0]]:.1f} us (fastest tuned {others:.1f} us)" if chosen == ids[0]
                else f"tuned {medians[chosen]:.1f} us beats the default's {medians[ids[0]]:.1f} us")
     progress.note(f"side by side: {verdict}; medians of {FINAL_ROUNDS} rounds over {len(ids)} schedules")
-    slowdown = medians[ids[0]] / recorded_us.get(ids[0], math.inf)
+    slowdown = medians[ids[0]] / (_mean(recorded[ids[0]].run_secs) * 1e6) if ids[0] in recorded else 1.0
     if slowdown > SLOW_PHASE_RATIO:
         progress.note(f"the default ran {slowdown:.2f}x slower here than when it was recorded: the machine "
                       "seems busy, which can change the ranking; re-judge later with --trials 0")

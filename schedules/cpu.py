@@ -88,8 +88,7 @@ def tile_window_bytes(spec: DepthwiseSpec, y_tile: int, x_tile: int) -> int:
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilation
     rows = (y_tile - 1) * sh + (kh - 1) * dh + 1
     columns = (x_tile - 1) * sw + (kw - 1) * dw + 1
-    itemsize = {"float16": 2, "float32": 4, "float64": 8}[spec.dtype]
-    return rows * columns * spec.channels * itemsize
+    return rows * columns * spec.channels * spec.itemsize
 
 
 # Per-image input + output bytes up to which the untuned NHWC schedule runs channel chunks in
@@ -122,10 +121,9 @@ def schedule(sch, spec: DepthwiseSpec, target) -> None:
 def prefers_channel_parallel(spec: DepthwiseSpec) -> bool:
     """Whether the untuned NHWC schedule runs channel chunks in parallel: its data fits
     `CHANNEL_PARALLEL_BYTES` per image."""
-    itemsize = {"float16": 2, "float32": 4, "float64": 8}[spec.dtype]
     inputs = spec.height * spec.width * spec.channels
     outputs = spec.out_height * spec.out_width * spec.out_channels
-    return (inputs + outputs) * itemsize <= CHANNEL_PARALLEL_BYTES
+    return (inputs + outputs) * spec.itemsize <= CHANNEL_PARALLEL_BYTES
 
 
 def channel_chunk_candidates(vectors: int) -> list[int]:
