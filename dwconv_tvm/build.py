@@ -20,7 +20,8 @@ from .spec import DepthwiseSpec
 from .targets import TargetLike, required_cpu_features, resolve_target, target_key
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-_memory: dict[tuple[DepthwiseSpec, str], CompiledOp] = {}
+# (spec, target text) -> the op and the records generation it was looked up under.
+_memory: dict[tuple[DepthwiseSpec, str], tuple[CompiledOp, int]] = {}
 _lock = threading.RLock()
 
 
@@ -251,19 +252,23 @@ def compile(spec: DepthwiseSpec, target: TargetLike = "host", *, use_cache: bool
         TypeError: If `spec` is not a `DepthwiseSpec`.
         ValueError: If the target is invalid or unsupported.
     """
+    from .records import generation
+
     tgt = checked_target(spec, target)
     target_text = str(tgt)
     key = (spec, target_text)
-    op = _memory.get(key)
-    if op is not None:
+    op, seen = _memory.get(key, (None, -1))
+    if op is not None and seen == generation():
         return op
     with _lock:
-        op = _memory.get(key)
-        if op is None:
+        op, seen = _memory.get(key, (None, -1))
+        current = generation()
+        if op is None or seen != current:  # new, or the logs changed since (tuning in this process)
             scheduled = schedule_for(spec, tgt)  # the tuned record it picks is part of the key
-            path = kernel_path(spec, tgt, scheduled[1]) if use_cache else None
-            op = (_load_cached(path, spec, target_text) if path is not None else None) or _build(
-                spec, tgt, path, scheduled
-            )
-            _memory[key] = op
+            if op is None or op.schedule != scheduled[1]:
+                path = kernel_path(spec, tgt, scheduled[1]) if use_cache else None
+                op = (_load_cached(path, spec, target_text) if path is not None else None) or _build(
+                    spec, tgt, path, scheduled
+                )
+            _memory[key] = (op, current)
     return op

@@ -177,10 +177,20 @@ def _database(folder: str, records_mtime: float, workload_hashes: frozenset[str]
             return None
 
 
+_generation = 0  # counts `forget_loaded` calls, so that `build.compile`'s memo can tell
+
+
 def forget_loaded() -> None:
     """Drops the logs read so far, so the next lookup reads the files again (after tuning)."""
+    global _generation
     _log_index.cache_clear()
     _database.cache_clear()
+    _generation += 1
+
+
+def generation() -> int:
+    """How many times the logs were dropped: a lookup made under another value may be stale."""
+    return _generation
 
 
 def _related(spec: DepthwiseSpec) -> list[DepthwiseSpec]:

@@ -183,15 +183,19 @@ def test_shipped_records_apply_and_user_records_win(isolated, tuned_logs, rng):
     assert dwconv_tvm.compile(SPEC).schedule.startswith("tuned:user:")
 
 
-def test_records_of_another_epilogue_apply(isolated, rng):
+def test_records_of_another_epilogue_apply_in_the_tuning_process(isolated, rng):
     # Model sets are tuned without bias and activation; a layer with both reuses those records.
     plain = dataclasses.replace(SPEC, bias=False, activation=None)
     host = dwconv_tvm.resolve_target("host")
+    untuned = dwconv_tvm.compile(SPEC)
+    assert untuned.schedule == "default:llvm" and dwconv_tvm.compile(SPEC) is untuned
     tuning.tune(plain, trials=2, log_dir=records.user_log_dir(host))
     assert records.best_record(plain, host).source == "user"
-    op = dwconv_tvm.compile(SPEC)
+    op = dwconv_tvm.compile(SPEC)  # compiled before tuning, in this process: looked up again
     assert op.schedule.startswith("tuned:user-related:")
     _check_numerics(op, rng)
+    records.forget_loaded()
+    assert dwconv_tvm.compile(SPEC) is op  # same records, same schedule: the op is kept
 
 
 def test_records_are_per_target(isolated, tuned_logs):
