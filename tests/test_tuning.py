@@ -531,3 +531,17 @@ def test_in_process_measurer_times_aligned_arguments():
     measurer = tuning._InProcess(depthwise_module(SPEC), dwconv_tvm.resolve_target("host"))
     assert len(measurer.args) == 4  # x, kernel, bias, out
     assert all(a.ctypes.data % 64 == 0 and a.flags.c_contiguous for a in measurer.args)
+
+
+@pytest.mark.parametrize("key", records.shipped_keys())
+def test_every_shipped_verdict_fits_the_current_template(key, monkeypatch, tmp_path):
+    # A record whose trace no longer applies (a template change) is skipped silently at
+    # compile time, and the layer runs its default: the shipped logs must all still apply.
+    from dwconv_tvm.models import model_specs
+
+    monkeypatch.setenv("DWCONV_TVM_TUNING_LOGS", str(tmp_path))  # no user logs
+    target = dwconv_tvm.resolve_target({"kind": "llvm", "mcpu": key.removeprefix("llvm-"), "num-cores": 2})
+    assert dwconv_tvm.target_key(target) == key
+    specs = [*model_specs("mobilenet_v2"), *model_specs("mobilenet_v2", batch=8), *model_specs("efficientnet_b0")]
+    unapplied = [spec.key for spec in dict.fromkeys(specs) if getattr(records.best_record(spec, target), "source", None) != "shipped"]
+    assert not unapplied
