@@ -7,7 +7,8 @@ medians are reported. Inputs start on 64-byte boundaries for every library, as P
 TensorFlow and JAX allocate tensors (NumPy's own arrays start on 16: see
 `runtime.aligned_empty`). The bandwidth limit is a TVM-compiled copy kernel moving the same
 number of bytes as the convolution's compulsory traffic (input + output + weights, each once);
-the compute limit is the multiply-add count at the vector-FMA rate a TVM kernel reaches here.
+the compute limit is the multiply-add count at the vector-FMA rate a TVM kernel reaches here,
+plus the fixed cost of a parallel kernel call (which the copy kernel's time includes too).
 """
 
 from __future__ import annotations
@@ -83,8 +84,20 @@ def fma_rate(threads_hint: int = 2) -> float:
     return fmas / seconds
 
 
+def call_floor_us(threads_hint: int = 2) -> float:
+    """Microseconds of the least parallel TVM kernel call from Python here: `fma_rate`'s kernel
+    with one FMA step and one block per thread, best of 7 repeats. Every kernel pays it (the
+    thread pool's launch and join, the FFI call), the copy kernel's time included, so the FMA
+    floor adds it: on a 7x7 layer it is a third of the multiply-adds' time."""
+    import timeit
+
+    run, _ = _fma_kernel(threads_hint, steps=1, blocks_per_thread=1)
+    number = 2000
+    return min(timeit.repeat(run, number=number, repeat=7)) / number * 1e6
+
+
 @functools.lru_cache(maxsize=4)
-def _fma_kernel(threads_hint: int) -> tuple[Callable[[], object], int]:
+def _fma_kernel(threads_hint: int, steps: int = 4096, blocks_per_thread: int = 64) -> tuple[Callable[[], object], int]:
     """`fma_rate`'s kernel, compiled once per process: a call and its vector FMA count."""
     import tvm
     from tvm import s_tir, te
@@ -95,7 +108,7 @@ def _fma_kernel(threads_hint: int) -> tuple[Callable[[], object], int]:
 
     target = resolve_target("host")
     lanes = simd_bits(target) // 32
-    rows, steps, accumulators = 64 * threads_hint, 4096, 8
+    rows, accumulators = blocks_per_thread * threads_hint, 8
     a = te.placeholder((rows * accumulators, lanes), "float32", name="A")
     b = te.placeholder((steps, lanes), "float32", name="B")
     k = te.reduce_axis((0, steps), "k")
@@ -118,10 +131,11 @@ def _fma_kernel(threads_hint: int) -> tuple[Callable[[], object], int]:
     return (lambda: fn(*args)), rows * accumulators * steps
 
 
-def fma_floor_us(spec: DepthwiseSpec, rate: float, lanes: int) -> float:
-    """Least time the multiply-adds alone take at `rate` vector FMAs per second."""
+def fma_floor_us(spec: DepthwiseSpec, rate: float, lanes: int, call_us: float = 0.0) -> float:
+    """Least time a kernel call takes for the multiply-adds at `rate` vector FMAs per second,
+    plus the `call_us` every call costs."""
     outputs = math.prod(spec.output_shape)
-    return outputs * spec.kernel[0] * spec.kernel[1] / lanes / rate * 1e6
+    return outputs * spec.kernel[0] * spec.kernel[1] / lanes / rate * 1e6 + call_us
 
 
 def _torch_peer(spec: DepthwiseSpec, x_nhwc: np.ndarray, kernel: np.ndarray, bias: np.ndarray):
@@ -208,8 +222,9 @@ def run(
     from .targets import resolve_target
 
     # The compute roof is a peak: timed before every shape (compiled once), the fastest sample
-    # counts (one sample taken while the VM was slow once doubled every FMA floor).
-    rates = []
+    # counts (one sample taken while the VM was slow once doubled every FMA floor); so is the
+    # least call.
+    rates, calls = [], []
     lanes = simd_bits(resolve_target("host")) // 32
     rng = np.random.default_rng(0)
     rows = []
@@ -218,6 +233,7 @@ def run(
             # One shape at a time: its implementations (and their thread pools) exist only
             # while it is measured, and their repetitions are interleaved.
             rates.append(fma_rate(threads))
+            calls.append(call_floor_us(threads))
             layer = DepthwiseConv2D(shape.kernel, shape.stride, padding="same", target=target)
             # Every library gets a 64-byte-aligned input, as framework tensors are.
             x = aligned_copy(rng.standard_normal((batch, shape.size, shape.size, shape.channels)), np.float32)
@@ -243,14 +259,14 @@ def run(
                 samples["numpy"] = [seconds_per_call(lambda: depthwise_reference(spec, x, kernel, bias), 0.0, min_calls=3)]
             del impls
             rows.append((shape, batch, spec, error, samples))
-    rate = max(rates)
-    return [_row(*row, fma_floor_us(row[2], rate, lanes)) for row in rows]
+    rate, call_us = max(rates), min(calls)
+    return [_row(*row, fma_floor_us(row[2], rate, lanes, call_us), call_us) for row in rows]
 
 
-def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: dict, fma_us: float) -> dict:
+def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: dict, fma_us: float, call_us: float) -> dict:
     us = {name: statistics.median(v) * 1e6 for name, v in samples.items()}
     row = {"model": shape.model, "shape": shape.label, "batch": batch, "bytes": spec.compulsory_bytes,
-           "max_error": error, "us": us, "fma_floor_us": fma_us,
+           "max_error": error, "us": us, "fma_floor_us": fma_us, "call_floor_us": call_us,
            "gbps": spec.compulsory_bytes / us["ours"] / 1e3,
            "copy_fraction": us["copy"] / us["ours"],
            # The roofline: neither moving the bytes nor doing the multiply-adds can go faster.

@@ -11,7 +11,7 @@ def test_bench_row_on_one_shape():
     assert row["shape"] == "7x7x960 k3 s1" and row["batch"] == 1
     assert row["max_error"] < 1e-4  # the timed layer computes the right numbers
     assert set(row["us"]) == {"ours", "copy"} and min(row["us"].values()) > 0
-    assert 0 < row["fma_floor_us"] < row["us"]["ours"] * 10
+    assert 0 < row["call_floor_us"] < row["fma_floor_us"] < row["us"]["ours"] * 10
     assert row["roof_fraction"] == max(row["us"]["copy"], row["fma_floor_us"]) / row["us"]["ours"]
     assert "7x7x960" in bench.markdown([row])
 
@@ -27,6 +27,15 @@ def test_bench_times_our_layer_on_torch_tensors_beside_torch():
     table = bench.markdown([row])
     assert "ours on torch tensors µs" in table and "on torch tensors, geomean vs torch" in table
     assert "roof vs best peer" in table and "a kernel at the roof would reach" in table
+
+
+def test_fma_floor_is_the_multiply_adds_at_the_rate_plus_a_call():
+    spec = bench.DepthwiseSpec.from_keras((1, 7, 7, 960), 3, padding="same")
+    fmas = 7 * 7 * 960 * 9 / 16  # vector FMAs of 16 lanes
+    assert bench.fma_floor_us(spec, 1e9, 16) == pytest.approx(fmas / 1e9 * 1e6)
+    call = bench.call_floor_us(2)
+    assert 0 < call < 1000  # microseconds
+    assert bench.fma_floor_us(spec, 1e9, 16, call) == pytest.approx(fmas / 1e9 * 1e6 + call)
 
 
 def test_alternating_order_reverses_every_other_round():
