@@ -155,18 +155,19 @@ def _info(args: argparse.Namespace) -> int:
         for spec in _specs_from_args(args):
             found = best_record(spec, tgt)
             if found is None:
-                used = "hand-written default"
+                used = "hand-written default (direct)"
             else:
                 source, _, related = found.source.partition("-")
                 via = ", the record of the same convolution with another epilogue" if related else ""
+                algorithm = "Winograd F(2,3)" if found.algorithm == "winograd" else "direct"
                 if found.kept_default:
-                    used = (f"hand-written default, kept by the side-by-side check ({source} logs{via}), "
+                    used = (f"hand-written default (direct), kept by the side-by-side check ({source} logs{via}), "
                             f"{found.seconds * 1e6:.1f} us")
                 elif found.default_seconds is not None:
-                    used = (f"tuned ({source} logs{via}), {found.seconds * 1e6:.1f} us side by side with "
-                            f"the default's {found.default_seconds * 1e6:.1f} us")
+                    used = (f"tuned {algorithm} ({source} logs{via}), {found.seconds * 1e6:.1f} us side by side "
+                            f"with the default's {found.default_seconds * 1e6:.1f} us")
                 else:
-                    used = f"tuned ({source} logs{via}), recorded {found.seconds * 1e6:.1f} us"
+                    used = f"tuned {algorithm} ({source} logs{via}), recorded {found.seconds * 1e6:.1f} us"
             print(f"{spec.key}: {used}")
     return 0
 

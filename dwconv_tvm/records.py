@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import cache
-from .compute import depthwise_module
+from .compute import algorithms, depthwise_module
 from .spec import DepthwiseSpec
 from .targets import TargetLike, target_key
 
@@ -270,7 +270,8 @@ class Chosen(NamedTuple):
     `source` is `"user"` or `"shipped"`, plus `"-related"` for another epilogue's record;
     `seconds` its latency (from the final check where there is one, else its record);
     `default_seconds` the template default's, timed beside it in the final check (else None);
-    `kept_default` whether the final check found nothing faster than the default.
+    `kept_default` whether the final check found nothing faster than the default;
+    `algorithm` what the schedule computes (`compute.ALGORITHMS`).
     """
 
     schedule: object
@@ -278,6 +279,7 @@ class Chosen(NamedTuple):
     seconds: float
     default_seconds: float | None = None
     kept_default: bool = False
+    algorithm: str = "direct"
 
 
 def _verdict(choices: dict, key: str) -> dict | None:
@@ -291,20 +293,23 @@ def _verdict(choices: dict, key: str) -> dict | None:
     return verdict
 
 
-def _pick(database, workload, verdict: dict | None):
-    """The verdict's record if it names one in the database, else the fastest record."""
+def _pick(database, workloads: dict, verdict: dict | None):
+    """`(algorithm, record)`: the verdict's record if it names one of the workloads' records
+    (`workloads`: algorithm -> workload), else the fastest record of any of them."""
     if verdict is not None:
-        for record in database.get_top_k(workload, 1 << 30):
-            if trace_id(record.trace) == verdict["chosen"]:
-                return record
-    records = database.get_top_k(workload, 1)
-    return records[0] if records else None
+        for algorithm, workload in workloads.items():
+            for record in database.get_top_k(workload, 1 << 30):
+                if trace_id(record.trace) == verdict["chosen"]:
+                    return algorithm, record
+    fastest = [(_mean(r.run_secs), algorithm, r) for algorithm, w in workloads.items() for r in database.get_top_k(w, 1)]
+    return min(fastest, key=lambda f: f[0])[1:] if fastest else (None, None)
 
 
 def best_record(spec: DepthwiseSpec, target) -> Chosen | None:
     """The schedule to use from tuning records, if any: the spec's own records (user logs, then
-    shipped logs), else those of the same convolution with another epilogue (`_related`). In a
-    folder, the final check's verdict decides; without one, the fastest record.
+    shipped logs), else those of the same convolution with another epilogue (`_related`), over
+    every algorithm the spec can be computed with. In a folder, the final check's verdict
+    decides; without one, the fastest record.
 
     Args:
         spec: The workload.
@@ -316,31 +321,34 @@ def best_record(spec: DepthwiseSpec, target) -> Chosen | None:
     import tvm_ffi
     from tvm import s_tir
 
-    candidates = [(candidate, depthwise_module(candidate)) for candidate in _related(spec)]
-    hashes = frozenset(str(tvm_ffi.structural_hash(mod)) for _, mod in candidates)  # MetaSchedule's key
+    kinds = algorithms(spec, target)
+    candidates = [(candidate, {a: depthwise_module(candidate, a) for a in kinds}) for candidate in _related(spec)]
+    # MetaSchedule's key
+    hashes = frozenset(str(tvm_ffi.structural_hash(mod)) for _, mods in candidates for mod in mods.values())
     databases = []
     for source, folder in (("user", user_log_dir(target)), ("shipped", shipped_log_dir(target))):
         if _has_records(folder):
             database = _database(str(folder), (folder / RECORDS).stat().st_mtime, hashes)
             if database is not None:
                 databases.append((source, database, read_choices(folder)))
-    for index, (candidate, mod) in enumerate(candidates):
+    for index, (candidate, mods) in enumerate(candidates):
         for source, database, choices in databases:
-            if not database.has_workload(mod):
+            workloads = {a: database.commit_workload(mod) for a, mod in mods.items() if database.has_workload(mod)}
+            if not workloads:
                 continue
             verdict = _verdict(choices, candidate.key)
-            record = _pick(database, database.commit_workload(mod), verdict)
+            algorithm, record = _pick(database, workloads, verdict)
             if record is None:
                 continue
-            sch = s_tir.Schedule(depthwise_module(spec))
+            sch = s_tir.Schedule(depthwise_module(spec, algorithm))
             try:
                 record.trace.apply_to_schedule(sch, remove_postproc=False)
             except Exception:  # TVM's schedule errors: this record does not fit the spec
                 continue
             source = source if index == 0 else f"{source}-related"
             if verdict is None or verdict["chosen"] != trace_id(record.trace):
-                return Chosen(sch, source, _mean(record.run_secs))
+                return Chosen(sch, source, _mean(record.run_secs), algorithm=algorithm)
             medians = verdict["median_us"]
             return Chosen(sch, source, float(medians[verdict["chosen"]]) / 1e6, float(medians[verdict["default"]]) / 1e6,
-                          kept_default=verdict["chosen"] == verdict["default"])
+                          kept_default=verdict["chosen"] == verdict["default"], algorithm=algorithm)
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import cache
-from .compute import depthwise_module
+from .compute import algorithms, depthwise_module
 from .records import RECORDS, WORKLOADS, _mean, forget_loaded, record_choice, repair, trace_id, user_log_dir
 from .runtime import aligned_copy
 from .spec import DepthwiseSpec
@@ -361,48 +362,56 @@ def _open_for_tuning(folder: Path):
         return open_database()
 
 
-def _sweep(spec, mod, rule, target, database, workload, measure, trials, progress, favored) -> tuple | None:
-    """Measures the template's knob combinations (its default first, then the combinations
-    that won on earlier specs, then the rest) until `trials` or the deadline (the first group
-    runs even past it, so every spec gets its default measured; a spec reached past the deadline
-    gets only that). Each group of `SWEEP_GROUP`
-    is timed side by side, `EVALUATOR["repeat"]` rounds in alternating order, so that its
-    ranking does not follow the machine's phases, and committed as soon as it is measured.
-    Returns the knob values of the fastest, if any."""
+def _sweep(spec, mods, rule, target, database, workloads, measure, trials, progress, favored) -> tuple | None:
+    """Measures the template's knob combinations over every algorithm of the spec (`mods`:
+    algorithm -> module, direct first): the defaults first, then the combinations that won on
+    earlier specs, then the rest, the algorithms taking turns, until `trials` or the deadline
+    (the first group runs even past it, so every spec gets its default measured; a spec reached
+    past the deadline gets only that). Each group of `SWEEP_GROUP` is timed side by side,
+    `EVALUATOR["repeat"]` rounds in alternating order, so that its ranking does not follow the
+    machine's phases, and committed as soon as it is measured.
+    Returns `(algorithm, knob values)` of the fastest, if any."""
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     from .schedules.common import forced_knobs, knob_space
 
-    def scheduled(decisions):
-        sch = s_tir.Schedule(mod)
+    def scheduled(algorithm, decisions):
+        sch = s_tir.Schedule(mods[algorithm])
         with forced_knobs(decisions) as plan:
             rule.schedule(sch, spec, target)
-        return sch, tuple(plan.values)
+        return algorithm, sch, tuple(plan.values)
 
-    measured = {str(r.trace) for r in database.get_top_k(workload, 1 << 30)}
-    candidates = [scheduled(d) for d in knob_space(lambda: rule.schedule(s_tir.Schedule(mod), spec, target))]
-    rank = {values: i for i, values in enumerate(favored)}
-    candidates[1:] = sorted(candidates[1:], key=lambda c: rank.get(c[1], len(rank)))
-    candidates = [c for c in candidates if str(c[0].trace) not in measured][:trials]
-    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    measured = {str(r.trace) for w in workloads.values() for r in database.get_top_k(w, 1 << 30)}
+    spaces = [
+        [scheduled(algorithm, d) for d in knob_space(lambda mod=mod: rule.schedule(s_tir.Schedule(mod), spec, target))]
+        for algorithm, mod in mods.items()
+    ]
+    rank = {key: i for i, key in enumerate(favored)}
+    rests = [sorted(space[1:], key=lambda c: rank.get((c[0], c[2]), len(rank))) for space in spaces]
+    interleaved = [c for turn in itertools.zip_longest(*rests) for c in turn if c is not None]
+    candidates = [space[0] for space in spaces]
+    candidates += sorted(interleaved, key=lambda c: rank.get((c[0], c[2]), len(rank)))  # stable: turns kept
+    candidates = [c for c in candidates if str(c[1].trace) not in measured][:trials]
+    args_info = ms.arg_info.ArgInfo.from_prim_func(mods["direct"]["main"])
     if not candidates:
         return None
-    best, best_values = math.inf, None
+    best, best_key = math.inf, None
     # A spec reached past its deadline gets its default alone.
     bounds = [0, *range(1 if progress.expired() else SWEEP_GROUP, len(candidates), SWEEP_GROUP), len(candidates)]
     for start, stop in zip(bounds, bounds[1:]):
         if progress.stop.is_set() or (start and progress.expired()):  # the first group runs even past the deadline
             break
         group = candidates[start:stop]
-        for (sch, values), run_secs in zip(group, measure.side_by_side([sch.mod for sch, _ in group], EVALUATOR["repeat"])):
+        for (algorithm, sch, values), run_secs in zip(group, measure.side_by_side([c[1].mod for c in group], EVALUATOR["repeat"])):
             progress.add(run_secs)
             if not run_secs:
                 continue
-            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run_secs, target, args_info))
+            database.commit_tuning_record(
+                ms.database.TuningRecord(sch.trace, workloads[algorithm], run_secs, target, args_info))
             if _mean(run_secs) < best:
-                best, best_values = _mean(run_secs), values
-    return best_values
+                best, best_key = _mean(run_secs), (algorithm, values)
+    return best_key
 
 
 def _search(mod, rule, spec, target, database, workload, measure, builder, runner, trials, progress) -> None:
@@ -444,25 +453,33 @@ def _search(mod, rule, spec, target, database, workload, measure, builder, runne
             database.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, run_secs, target, args_info))
 
 
-def _final_check(spec, mod, rule, target, database, workload, measure, folder: Path, progress) -> None:
-    """Times the template's default and the fastest distinct records (`FINALISTS`) side by side
-    and stores the verdict in the folder's `choices.json`: the fastest by median, unless the
-    default is within `DEFAULT_MARGIN` of it. Warns (a progress note) when the default ran more
-    than `SLOW_PHASE_RATIO` times slower than its fastest record."""
+def _final_check(spec, mods, rule, target, database, workloads, measure, folder: Path, progress) -> None:
+    """Times the template's default (of the direct algorithm) and the fastest distinct records
+    (`FINALISTS`, each algorithm's fastest among them) side by side and stores the verdict in the folder's
+    `choices.json`: the fastest by median, unless the default is within `DEFAULT_MARGIN` of it.
+    Warns (a progress note) when the default ran more than `SLOW_PHASE_RATIO` times slower than
+    its fastest record."""
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
-    default = s_tir.Schedule(mod)
+    default = s_tir.Schedule(mods["direct"])
     rule.schedule(default, spec, target)
-    recorded: dict[str, object] = {}  # trace_id -> its fastest record, fastest first
-    for record in database.get_top_k(workload, 1 << 30):
-        recorded.setdefault(trace_id(record.trace), record)
+    ranked = sorted(((_mean(r.run_secs), a, r) for a, w in workloads.items() for r in database.get_top_k(w, 1 << 30)),
+                    key=lambda entry: entry[0])
+    recorded: dict[str, tuple] = {}  # trace_id -> (algorithm, its fastest record), fastest first
+    for _, algorithm, record in ranked:
+        recorded.setdefault(trace_id(record.trace), (algorithm, record))
     finalists = {trace_id(default.trace): default.mod}
-    for tid, record in recorded.items():
+    # Each algorithm's fastest record first: records of one algorithm may all have been measured
+    # in a slower phase of the machine than the other's.
+    leaders = [next(tid for tid, (a, _) in recorded.items() if a == algorithm)
+               for algorithm in dict.fromkeys(a for a, _ in recorded.values())]
+    for tid in [*leaders, *recorded]:
         if len(finalists) > FINALISTS:
             break
         if tid not in finalists:
-            sch = s_tir.Schedule(mod)
+            algorithm, record = recorded[tid]
+            sch = s_tir.Schedule(mods[algorithm])
             record.trace.apply_to_schedule(sch, remove_postproc=False)
             finalists[tid] = sch.mod
     if len(finalists) < 2:
@@ -475,14 +492,15 @@ def _final_check(spec, mod, rule, target, database, workload, measure, folder: P
     fastest = min(medians, key=medians.get)
     chosen = fastest if medians[fastest] * (1 + DEFAULT_MARGIN) < medians[ids[0]] else ids[0]
     if chosen not in recorded:  # the default, if the sweep was cut off before it
-        args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-        database.commit_tuning_record(ms.database.TuningRecord(default.trace, workload, samples[0], target, args_info))
+        args_info = ms.arg_info.ArgInfo.from_prim_func(mods["direct"]["main"])
+        database.commit_tuning_record(
+            ms.database.TuningRecord(default.trace, workloads["direct"], samples[0], target, args_info))
     record_choice(folder, spec.key, chosen, medians, ids[0])
     others = min(v for i, v in medians.items() if i != ids[0]) if len(medians) > 1 else math.nan
     verdict = (f"the default stays, {medians[ids[0]]:.1f} us (fastest tuned {others:.1f} us)" if chosen == ids[0]
                else f"tuned {medians[chosen]:.1f} us beats the default's {medians[ids[0]]:.1f} us")
     progress.note(f"side by side: {verdict}; medians of {FINAL_ROUNDS} rounds over {len(ids)} schedules")
-    slowdown = medians[ids[0]] / (_mean(recorded[ids[0]].run_secs) * 1e6) if ids[0] in recorded else 1.0
+    slowdown = medians[ids[0]] / (_mean(recorded[ids[0]][1].run_secs) * 1e6) if ids[0] in recorded else 1.0
     if slowdown > SLOW_PHASE_RATIO:
         progress.note(f"the default ran {slowdown:.2f}x slower here than when it was recorded: the machine "
                       "seems busy, which can change the ranking; re-judge later with --trials 0")
@@ -618,22 +636,22 @@ def tune(
     state = {"database": None, "seen": None}  # the open database, and its files as this tuner left them
 
     @contextlib.contextmanager
-    def locked(mod):
+    def locked(mods):
         """The folder's lock, the database (reloaded only when another tuner wrote to the
         folder since this one released the lock: loading takes seconds once logs hold a few
-        model sets) and the workload of `mod`."""
+        model sets) and the workloads of `mods` (algorithm -> module)."""
         with _exclusive(folder, progress):
             if state["database"] is None or _file_state(folder) != state["seen"]:
                 state["database"] = _open_for_tuning(folder)
             database = state["database"]
-            yield database, database.commit_workload(mod)
+            yield database, {algorithm: database.commit_workload(mod) for algorithm, mod in mods.items()}
             state["seen"] = _file_state(folder)
         forget_loaded()
 
     def measuring(mod):
         return _InProcess(mod, tgt) if tracker is None else _ThroughRunner(mod, tgt, *tools())
 
-    jobs: list[tuple[DepthwiseSpec, object, _Progress]] = []
+    jobs: list[tuple[DepthwiseSpec, dict, _Progress, str]] = []
     with _graceful_interrupt(progress) as stop:
         # Pass 1, every layer's template sweep: that is where tuning finds its gains (seconds
         # per layer), so a time budget spent searching early layers never leaves a later one
@@ -643,30 +661,33 @@ def tune(
                 break
             deadline = time.monotonic() + (end - time.monotonic()) / (len(specs) - index + 1)
             spec_progress = _Progress(f"[{index}/{len(specs)}] {spec.key}", trials, deadline, progress, stop)
-            mod = depthwise_module(spec)
-            with locked(mod) as (database, workload):
-                earlier = database.get_top_k(workload, 1)
+            mods = {algorithm: depthwise_module(spec, algorithm) for algorithm in algorithms(spec, tgt)}
+            with locked(mods) as (database, workloads):
+                earlier = [_mean(r.run_secs) for w in workloads.values() for r in database.get_top_k(w, 1)]
                 if earlier:
-                    spec_progress.resume_from(_mean(earlier[0].run_secs))
-                winner = _sweep(spec, mod, rule, tgt, database, workload, measuring(mod), trials, spec_progress, favored)
+                    spec_progress.resume_from(min(earlier))
+                winner = _sweep(spec, mods, rule, tgt, database, workloads, measuring(mods["direct"]), trials,
+                                spec_progress, favored)
             if winner is not None:
                 favored.insert(0, winner)
             spec_progress.pause()
-            jobs.append((spec, mod, spec_progress))
+            # The search explores the algorithm whose combination won the sweep.
+            jobs.append((spec, mods, spec_progress, winner[0] if winner is not None else "direct"))
         # Pass 2, per layer: MetaSchedule's search for the trials left, then the final check.
-        for index, (spec, mod, spec_progress) in enumerate(jobs):
+        for index, (spec, mods, spec_progress, searched) in enumerate(jobs):
             if stop.is_set():
                 break
             spec_progress.resume(time.monotonic() + (end - time.monotonic()) / (len(jobs) - index))
-            with locked(mod) as (database, workload):
-                measure = measuring(mod)
+            with locked(mods) as (database, workloads):
+                measure = measuring(mods["direct"])
                 left = trials - spec_progress.done
                 if left > 0 and not spec_progress.expired():
-                    _search(mod, rule, spec, tgt, database, workload, measure, *tools(), left, spec_progress)
+                    _search(mods[searched], rule, spec, tgt, database, workloads[searched], measure, *tools(), left,
+                            spec_progress)
                 if not stop.is_set():
-                    _final_check(spec, mod, rule, tgt, database, workload, measure, folder, spec_progress)
+                    _final_check(spec, mods, rule, tgt, database, workloads, measure, folder, spec_progress)
             spec_progress.pause()
-    curves = {spec.key: spec_progress.curve for spec, _, spec_progress in jobs}
+    curves = {spec.key: spec_progress.curve for spec, _, spec_progress, _ in jobs}
     if curve is not None:
         write_curve(curves, Path(curve), title=f"Tuning {target_key(tgt)}")
     return folder

@@ -112,7 +112,9 @@ def schedule(sch, spec: DepthwiseSpec, target) -> None:
         target: The CPU `tvm.target.Target`.
     """
     lanes = vector_lanes(spec, target)
-    if spec.layout == "NHWC":
+    if has_block(sch, "M"):
+        _schedule_winograd(sch, spec, lanes)
+    elif spec.layout == "NHWC":
         _schedule_nhwc(sch, spec, lanes)
     else:
         _schedule_nchw(sch, spec, lanes)
@@ -203,6 +205,69 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
         # Border column tiles apart from interior ones, which then run without bounds checks
         # (znver4: 5-14% on 28x28 and larger; the row checks left are one branch per tile).
         sch.annotate(xo, "pragma_loop_partition_hint", 1)
+
+
+def winograd_rows(out_height: int) -> tuple[list[int], int]:
+    """Output rows per Winograd register tile: candidates and default. Consecutive rows share
+    their transformed input rows, so more rows load and transform less; the default is the
+    largest divisor of the height up to 7 (znver4, 56x56x144 and 112x112x32: 7 and 4 rows
+    tied, 8 and 14 ran 1.1-1.2x slower), or 4 with a predicated tail."""
+    fits = _divisors(out_height, 1, 14)
+    default = max(r for r in fits if r <= 7)
+    if default == 1 and out_height > 4:
+        default = 4
+    return sorted(set(fits) | ({4} if out_height > 4 else set())), default
+
+
+def _schedule_winograd(sch, spec: DepthwiseSpec, lanes: int) -> None:
+    """NHWC Winograd F(2, 3) (`compute.winograd_tensors`): a register tile of `rows` output
+    rows x 1 column pair x one channel vector; per output row, the 4 transformed products of
+    its pair accumulate over the 3 kernel rows in registers, and the tile's rows share each
+    transformed input row (the compiler keeps them from one row to the next). The kernel
+    transform `U` runs first, vectorized over channels. Row tiles or channel chunks run in
+    parallel, as in the direct template."""
+    if has_block(sch, "pad"):
+        sch.compute_inline(sch.get_sblock("pad"))
+    out = sch.get_sblock("output")
+    n, y, x, o = sch.get_loops(out)
+    channels = spec.out_channels
+    vec = max(d for d in _divisors(channels, 1, lanes) if d & (d - 1) == 0)
+    vectors = channels // vec
+    by_channels = prefers_channel_parallel(spec) and vectors >= 2
+    row_candidates, row_default = winograd_rows(spec.out_height)
+    rows = knob(sch, row_candidates, row_default)
+    # 2: batch x row tiles in parallel; 1: batch x channel chunks (each thread sweeps all rows).
+    depth = knob(sch, [2] + ([1] if vectors >= 2 else []), 1 if by_channels else 2)
+    yo, yi = sch.split(y, [None, rows])
+    xo, xr = sch.split(x, [None, 2])
+    if depth == 1:
+        candidates = channel_chunk_candidates(vectors)  # default: one vector each
+        chunks = knob(sch, candidates, vectors if vectors in candidates else candidates[-1])
+        oc, oo, oi = sch.split(o, [chunks, None, vec])
+        sch.reorder(n, oc, yo, xo, oo, yi, xr, oi)
+        sch.parallel(sch.fuse(n, oc))
+    else:
+        oo, oi = sch.split(o, [None, vec])
+        sch.reorder(n, yo, xo, oo, yi, xr, oi)
+        sch.parallel(sch.fuse(n, yo))
+    products = sch.get_sblock("M")
+    sch.compute_at(products, yi, preserve_unit_loops=True)
+    j, c, ry = sch.get_loops(products)[-3:]
+    sch.reorder(ry, j, c)
+    sch.unroll(ry)
+    sch.unroll(j)
+    sch.vectorize(c)
+    sch.decompose_reduction(products, ry)
+    sch.unroll(yi)
+    sch.unroll(xr)
+    sch.vectorize(oi)
+    # Border column pairs apart from interior ones, which then run without bounds checks.
+    sch.annotate(xo, "pragma_loop_partition_hint", 1)
+    kernel_rows = sch.get_sblock("U")
+    _, uj, uc = sch.get_loops(kernel_rows)
+    _, uci = sch.split(uc, [None, vec])
+    sch.unroll(uj)
+    sch.vectorize(uci)
 
 
 def _schedule_nchw(sch, spec: DepthwiseSpec, lanes: int) -> None:

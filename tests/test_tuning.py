@@ -24,14 +24,17 @@ SPEC = DepthwiseSpec.from_keras((1, 10, 10, 32), 3, 1, "same", activation="relu6
 
 
 def _space(spec):
-    """How many knob combinations the host's template has for `spec` (what a sweep measures)."""
+    """How many knob combinations the host's template has for `spec` over its algorithms (what
+    a sweep measures)."""
     from tvm import s_tir
 
+    from dwconv_tvm.compute import algorithms
     from dwconv_tvm.schedules import cpu
     from dwconv_tvm.schedules.common import knob_space
 
     host = dwconv_tvm.resolve_target("host")
-    return len(knob_space(lambda: cpu.schedule(s_tir.Schedule(depthwise_module(spec)), spec, host)))
+    return sum(len(knob_space(lambda a=a: cpu.schedule(s_tir.Schedule(depthwise_module(spec, a)), spec, host)))
+               for a in algorithms(spec, host))
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +110,53 @@ def test_sweep_measures_the_default_first_and_resumes(tuned_logs, tmp_path):
     earlier_best = min(np.mean([float(t) for t in r.run_secs]) for r in first) * 1e6
     assert points[0]["trial"] == 0 and points[0]["best_us"] == pytest.approx(earlier_best, abs=1e-3)
     assert all(p["best_us"] <= earlier_best + 1e-3 for p in points)
+
+
+def test_the_sweep_covers_every_algorithm(tuned_logs):
+    # SPEC (NHWC float32 3x3, stride 1) can run Winograd on a CPU: its sweep measures both
+    # algorithms' defaults first, each under its own workload.
+    database = _database(tuned_logs)
+    for algorithm in ("direct", "winograd"):
+        mod = depthwise_module(SPEC, algorithm)
+        assert database.has_workload(mod)
+        assert database.get_top_k(database.commit_workload(mod), 10), algorithm
+
+
+def _commit_defaults(folder, host, seconds):
+    """A database in `folder` holding each algorithm's template default of SPEC, recorded at
+    `seconds[algorithm]`; returns their trace ids."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from dwconv_tvm.schedules import cpu
+
+    folder.mkdir(parents=True, exist_ok=True)
+    database = _database(folder)
+    ids = {}
+    for algorithm, run_secs in seconds.items():
+        mod = depthwise_module(SPEC, algorithm)
+        sch = s_tir.Schedule(mod)
+        cpu.schedule(sch, SPEC, host)
+        args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        database.commit_tuning_record(
+            ms.database.TuningRecord(sch.trace, database.commit_workload(mod), [run_secs], host, args_info))
+        ids[algorithm] = records.trace_id(sch.trace)
+    return ids
+
+
+def test_a_winograd_record_applies_as_its_verdict_says(isolated, rng):
+    host = dwconv_tvm.resolve_target("host")
+    folder = records.user_log_dir(host)
+    ids = _commit_defaults(folder, host, {"direct": 2e-6, "winograd": 3e-6})
+    assert records.best_record(SPEC, host).algorithm == "direct"  # no verdict: the fastest record
+    records.record_choice(folder, SPEC.key, ids["winograd"], {ids["winograd"]: 5.0, ids["direct"]: 6.0}, ids["direct"])
+    records.forget_loaded()
+    found = records.best_record(SPEC, host)
+    assert found.algorithm == "winograd" and found.seconds == pytest.approx(5e-6) and not found.kept_default
+    op = dwconv_tvm.compile(SPEC)
+    assert op.schedule == f"tuned:user:{ids['winograd']}"
+    _check_numerics(op, rng)
+    records.forget_loaded()
 
 
 def test_time_budget_stops_the_sweep(tmp_path):
@@ -243,13 +293,16 @@ def _final_check(folder, default_us, others_us, stream=None):
 
     from dwconv_tvm.schedules import cpu
 
+    from dwconv_tvm.compute import algorithms
+
     host = dwconv_tvm.resolve_target("host")
-    mod = depthwise_module(SPEC)
+    mods = {a: depthwise_module(SPEC, a) for a in algorithms(SPEC, host)}
     database = _database(folder)
     progress = tuning._Progress("spec", 1, float("inf"), stream, None)
     timed = _Timed(default_us, others_us)
-    tuning._final_check(SPEC, mod, cpu, host, database, database.commit_workload(mod), timed, folder, progress)
-    default = s_tir.Schedule(mod)
+    workloads = {a: database.commit_workload(mod) for a, mod in mods.items()}
+    tuning._final_check(SPEC, mods, cpu, host, database, workloads, timed, folder, progress)
+    default = s_tir.Schedule(mods["direct"])
     cpu.schedule(default, SPEC, host)
     return json.loads((folder / records.CHOICES).read_text())["choices"][SPEC.key], records.trace_id(default.trace)
 
@@ -388,6 +441,7 @@ def test_cli_tune_search_phase_curve_then_info(tmp_path):
     assert best == sorted(best, reverse=True)  # best so far never gets worse
     info = _cli("info", *layer, env=env)
     assert info.returncode == 0, info.stderr
+    assert "direct" in info.stdout or "Winograd" in info.stdout  # the algorithm that runs
     # The final check timed the fastest records beside the default; its verdict is what applies.
     assert "side by side with the default's" in info.stdout or "kept by the side-by-side check" in info.stdout
     assert len(json.loads((folder / records.CHOICES).read_text())["choices"]) == 1
