@@ -57,6 +57,7 @@ def copy_kernel(n_elements: int, dtype: str = "float32"):
     from tvm import s_tir, te
 
     from .compute import relax_alignment
+    from .records import best_record
     from .schedules.cpu import simd_bits
     from .targets import resolve_target
 
@@ -103,6 +104,7 @@ def _fma_kernel(threads_hint: int, steps: int = 4096, blocks_per_thread: int = 6
     from tvm import s_tir, te
 
     from .compute import relax_alignment
+    from .records import best_record
     from .schedules.cpu import simd_bits
     from .targets import resolve_target
 
@@ -218,6 +220,7 @@ def run(
         import torch
 
         torch.set_num_threads(threads)
+    from .records import best_record
     from .schedules.cpu import simd_bits
     from .targets import resolve_target
 
@@ -239,6 +242,8 @@ def run(
             x = aligned_copy(rng.standard_normal((batch, shape.size, shape.size, shape.channels)), np.float32)
             layer.build(x.shape)
             spec = layer.spec_for(x.shape)
+            found = best_record(spec, resolve_target(target))
+            algorithm = found.algorithm if found is not None else "direct"
             layer.bias = rng.standard_normal(spec.bias_shape).astype(np.float32)
             kernel, bias = layer.kernel, layer.bias
             error = float(np.abs(layer(x) - depthwise_reference(spec, x, kernel, bias)).max())
@@ -258,14 +263,18 @@ def run(
             if "numpy" in peers:  # for scale only; slow, so timed once
                 samples["numpy"] = [seconds_per_call(lambda: depthwise_reference(spec, x, kernel, bias), 0.0, min_calls=3)]
             del impls
-            rows.append((shape, batch, spec, error, samples))
+            rows.append((shape, batch, spec, algorithm, error, samples))
     rate, call_us = max(rates), min(calls)
     return [_row(*row, fma_floor_us(row[2], rate, lanes, call_us), call_us) for row in rows]
 
 
-def _row(shape: Shape, batch: int, spec: DepthwiseSpec, error: float, samples: dict, fma_us: float, call_us: float) -> dict:
+def _row(shape: Shape, batch: int, spec: DepthwiseSpec, algorithm: str, error: float, samples: dict, fma_us: float,
+         call_us: float) -> dict:
     us = {name: statistics.median(v) * 1e6 for name, v in samples.items()}
-    row = {"model": shape.model, "shape": shape.label, "batch": batch, "bytes": spec.compulsory_bytes,
+    # `fma_floor_us` counts the direct algorithm's multiply-adds; a Winograd kernel does 2/3 of
+    # them (its additions issue beside them on Zen), so its `roof_fraction` may pass 1.
+    row = {"model": shape.model, "shape": shape.label, "batch": batch, "algorithm": algorithm,
+           "bytes": spec.compulsory_bytes,
            "max_error": error, "us": us, "fma_floor_us": fma_us, "call_floor_us": call_us,
            "gbps": spec.compulsory_bytes / us["ours"] / 1e3,
            "copy_fraction": us["copy"] / us["ours"],
@@ -324,7 +333,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         us = row["us"]
-        cells = [f"{row['model']} {row['shape']}", str(row["batch"]), f"{us['ours']:.1f}", f"{row['gbps']:.1f}",
+        winograd = " (Winograd)" if row.get("algorithm") == "winograd" else ""
+        cells = [f"{row['model']} {row['shape']}{winograd}", str(row["batch"]), f"{us['ours']:.1f}", f"{row['gbps']:.1f}",
                  f"{100 * row['copy_fraction']:.0f}%", f"{us['copy']:.1f}", f"{row['fma_floor_us']:.1f}",
                  f"{100 * row['roof_fraction']:.0f}%"]
         cells += [f"{us[p]:.1f}" for p in peers]

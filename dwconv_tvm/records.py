@@ -13,6 +13,8 @@ final check: its fastest schedules and the template's default timed side by side
 alternating order, after the search. Records measured minutes apart on a shared machine are
 not comparable (this 2-vCPU VM swings up to 2x between phases: one shipped default was recorded
 at 33 us and re-timed at 15 us), so where a verdict exists it decides, not the lowest record.
+A spec has one workload per algorithm it can be computed with (`compute.algorithms`: direct,
+and Winograd F(2, 3) on CPUs for stride-1 3x3 layers); a verdict may name a schedule of either.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Auto-tuning with MetaSchedule into the target's log folder (see `records` for where records
 live and which one `compile` applies).
 
-Per spec: the template's knob combinations are measured first (its default first), then
-MetaSchedule's evolutionary search runs over the template together with MetaSchedule's
+Per spec: the template's knob combinations are measured first (its default first; over both
+algorithms where Winograd applies, `compute.algorithms`), then MetaSchedule's evolutionary
+search runs over the template of the sweep's winning algorithm together with MetaSchedule's
 generated space, and a final check times the fastest schedules and the default side by side;
 its verdict is what `compile` applies, so a tuned kernel is never slower than the untuned one
 as measured side by side.
@@ -498,7 +499,7 @@ def _final_check(spec, mods, rule, target, database, workloads, measure, folder:
     record_choice(folder, spec.key, chosen, medians, ids[0])
     others = min(v for i, v in medians.items() if i != ids[0]) if len(medians) > 1 else math.nan
     verdict = (f"the default stays, {medians[ids[0]]:.1f} us (fastest tuned {others:.1f} us)" if chosen == ids[0]
-               else f"tuned {medians[chosen]:.1f} us beats the default's {medians[ids[0]]:.1f} us")
+               else f"tuned {recorded[chosen][0]} {medians[chosen]:.1f} us beats the default's {medians[ids[0]]:.1f} us")
     progress.note(f"side by side: {verdict}; medians of {FINAL_ROUNDS} rounds over {len(ids)} schedules")
     slowdown = medians[ids[0]] / (_mean(recorded[ids[0]][1].run_secs) * 1e6) if ids[0] in recorded else 1.0
     if slowdown > SLOW_PHASE_RATIO:
@@ -567,9 +568,10 @@ def tune(
     """Tunes each spec for `target` and adds the records to the target's database.
 
     First, per spec, the template's knob combinations are measured (its default first, then
-    the combinations that won on earlier specs); then, per spec, MetaSchedule's evolutionary
-    search (XGBoost cost model) runs over the template together with MetaSchedule's generated
-    space for the trials left. Existing records are kept; a resumed run skips what was measured and the
+    the combinations that won on earlier specs; on CPUs, stride-1 3x3 NHWC float32 specs over
+    the direct and the Winograd algorithm); then, per spec, MetaSchedule's evolutionary search
+    (XGBoost cost model) runs over the template of the sweep's winning algorithm together with
+    MetaSchedule's generated space for the trials left. Existing records are kept; a resumed run skips what was measured and the
     search warm-starts from the records. Each record is written as soon as it is measured.
     Last, a final check times the fastest distinct records and the template's default side by
     side (`FINAL_ROUNDS` alternating rounds) and stores the verdict in `choices.json`, which is

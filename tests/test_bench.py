@@ -9,6 +9,7 @@ def test_bench_row_on_one_shape():
     shape = bench.MOBILENET_V2[-1]  # 7x7x960
     (row,) = bench.run(batches=(1,), shapes=[shape], rounds=1, budget_s=0.005, settle_s=0.0, peers=())
     assert row["shape"] == "7x7x960 k3 s1" and row["batch"] == 1
+    assert row["algorithm"] in ("direct", "winograd")  # what the layer's schedule computes
     assert row["max_error"] < 1e-4  # the timed layer computes the right numbers
     assert set(row["us"]) == {"ours", "copy"} and min(row["us"].values()) > 0
     assert 0 < row["call_floor_us"] < row["fma_floor_us"] < row["us"]["ours"] * 10
