@@ -110,11 +110,7 @@ def test_nhwc_interior_column_tiles_run_without_bounds_checks():
 def test_every_nhwc_knob_combination_is_exact_with_padding(shape, kernel, strides, dilation, rng):
     # Tuning may pick any point of the space: each must match the reference, border tiles
     # (split off by the loop partition) and predicated column tails included.
-    import numpy as np
-    import tvm
-    from tvm import s_tir
-
-    from dwconv_tvm.schedules.common import forced_knobs, knob_space
+    from knob_checks import assert_every_knob_combination_matches
     from reference import depthwise
 
     spec = DepthwiseSpec.from_keras(shape, kernel, strides, "same", dilation_rate=dilation)
@@ -122,20 +118,7 @@ def test_every_nhwc_knob_combination_is_exact_with_padding(shape, kernel, stride
     k = rng.standard_normal(spec.kernel_shape).astype("float32")
     b = rng.standard_normal(spec.bias_shape).astype("float32")
     want = depthwise(x, k, b, (strides,) * 2, "same", (dilation,) * 2)
-
-    def scheduled():
-        sch = s_tir.Schedule(dwconv_tvm.compute.depthwise_module(spec))
-        cpu_schedule.schedule(sch, spec, HOST)
-        return sch
-
-    space = knob_space(scheduled)
-    assert len(space) >= 12
-    for decisions in space:
-        with forced_knobs(decisions) as plan:
-            sch = scheduled()
-        got = np.empty(spec.output_shape, "float32")
-        tvm.compile(sch.mod, target=HOST).mod["main"](x, k, b, got)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(plan.values))
+    assert_every_knob_combination_matches(spec, "direct", HOST, (x, k, b), want, min_space=12)
 
 
 def _plan(spec, decisions=(), target=AVX512):

@@ -1,7 +1,6 @@
 """Winograd F(2, 3) along the rows: where it applies, and every point of its CPU template
 against the NumPy reference (borders, odd widths, predicated row tiles, epilogues, batches)."""
 
-import numpy as np
 import pytest
 
 import dwconv_tvm
@@ -54,11 +53,7 @@ def test_winograd_rows_per_tile():
     ((1, 5, 6, 3), "same", True, "sigmoid"),  # 3 channels: scalar
 ])
 def test_every_winograd_knob_combination_is_exact(shape, padding, bias, activation, rng):
-    import tvm
-    from tvm import s_tir
-
-    from dwconv_tvm.compute import depthwise_module
-    from dwconv_tvm.schedules.common import forced_knobs, knob_space
+    from knob_checks import assert_every_knob_combination_matches
 
     spec = DepthwiseSpec.from_keras(shape, 3, 1, padding, use_bias=bias, activation=activation)
     x = rng.standard_normal(spec.input_shape).astype("float32")
@@ -67,17 +62,4 @@ def test_every_winograd_knob_combination_is_exact(shape, padding, bias, activati
     want = depthwise(x, k, b if bias else None, (1, 1), padding)
     if activation:
         want = ACTIVATIONS[activation](want)
-
-    def scheduled():
-        sch = s_tir.Schedule(depthwise_module(spec, "winograd"))
-        cpu_schedule.schedule(sch, spec, HOST)
-        return sch
-
-    space = knob_space(scheduled)
-    assert len(space) >= 2
-    for decisions in space:
-        with forced_knobs(decisions) as plan:
-            sch = scheduled()
-        got = np.empty(spec.output_shape, "float32")
-        tvm.compile(sch.mod, target=HOST).mod["main"](x, k, *([b] if bias else []), got)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(plan.values))
+    assert_every_knob_combination_matches(spec, "winograd", HOST, (x, k, *([b] if bias else [])), want)
