@@ -264,9 +264,9 @@ def _schedule_winograd(sch, spec: DepthwiseSpec, lanes: int) -> None:
     sch.vectorize(oi)
     # Border column pairs apart from interior ones, which then run without bounds checks.
     sch.annotate(xo, "pragma_loop_partition_hint", 1)
-    # The kernel transform inside each task, for the channels the task uses: computed once ahead
-    # of the parallel part it took 1.15-2.4x the layer's time on the 14x14 and 28x28 layers
-    # (znver4, back to back; 14x14x576 row tiles 24.6 -> 10.3 us).
+    # The kernel transform inside each task, for the channels the task uses: with it computed
+    # once ahead of the parallel part, the 7x7 to 28x28 layers took 1.15-4.2x as long (znver4,
+    # back to back, same knobs; 14x14x576 in row tiles 24.6 against 10.3 us).
     kernel_rows = sch.get_sblock("U")
     sch.compute_at(kernel_rows, tasks, preserve_unit_loops=True)
     uj, uc = sch.get_loops(kernel_rows)[-2:]
