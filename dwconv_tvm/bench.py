@@ -57,7 +57,6 @@ def copy_kernel(n_elements: int, dtype: str = "float32"):
     from tvm import s_tir, te
 
     from .compute import relax_alignment
-    from .records import best_record
     from .schedules.cpu import simd_bits
     from .targets import resolve_target
 
@@ -104,7 +103,6 @@ def _fma_kernel(threads_hint: int, steps: int = 4096, blocks_per_thread: int = 6
     from tvm import s_tir, te
 
     from .compute import relax_alignment
-    from .records import best_record
     from .schedules.cpu import simd_bits
     from .targets import resolve_target
 

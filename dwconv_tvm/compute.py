@@ -185,7 +185,7 @@ ALGORITHMS = ("direct", "winograd")
 def algorithms(spec: DepthwiseSpec, target) -> tuple[str, ...]:
     """The algorithms a kernel of `spec` for `target` (a resolved `tvm.target.Target`) can be
     tuned over, the default (`"direct"`) first: Winograd on CPUs where it applies."""
-    return ("direct", "winograd") if target.kind.name == "llvm" and winograd_applies(spec) else ("direct",)
+    return ALGORITHMS if target.kind.name == "llvm" and winograd_applies(spec) else ALGORITHMS[:1]
 
 
 def winograd_applies(spec: DepthwiseSpec) -> bool:
@@ -300,7 +300,6 @@ def depthwise_module(spec: DepthwiseSpec, algorithm: str = "direct"):
     import tvm
 
     return tvm.IRModule({"main": depthwise_primfunc(spec, algorithm)})
-
 
 
 def relax_alignment(func, align: int):

@@ -135,6 +135,13 @@ def channel_chunk_candidates(vectors: int) -> list[int]:
     return sorted({vectors // per for per in (1, 2, 4) if vectors % per == 0 and vectors // per >= 2})
 
 
+def channel_vector(channels: int, lanes: int) -> int:
+    """Channels per NHWC vector: the largest power of two up to `lanes` that divides the count.
+    Exact vectors only: TVM turns a predicated (masked) tail into slow code (36 channels: 111 us
+    with a 16-wide masked tail vs 26 us with 4-wide vectors on 56x56)."""
+    return max(d for d in _divisors(channels, 1, lanes) if d & (d - 1) == 0)
+
+
 def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     padded = has_block(sch, "pad")
     if padded:
@@ -142,9 +149,7 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
     out = sch.get_sblock("output")
     n, y, x, o = sch.get_loops(out)
     channels = spec.out_channels
-    # Exact vectors only: TVM turns a predicated (masked) tail into slow code (36 channels:
-    # 111 us with a 16-wide masked tail vs 26 us with 4-wide vectors on 56x56).
-    vec = max(d for d in _divisors(channels, 1, lanes) if d & (d - 1) == 0)
+    vec = channel_vector(channels, lanes)
     blocks = knob(sch, [1, 2] if channels % (2 * vec) == 0 else [1], 1)
     vectors = channels // (vec * blocks)
     by_channels = prefers_channel_parallel(spec) and vectors >= 2
@@ -231,7 +236,7 @@ def _schedule_winograd(sch, spec: DepthwiseSpec, lanes: int) -> None:
     out = sch.get_sblock("output")
     n, y, x, o = sch.get_loops(out)
     channels = spec.out_channels
-    vec = max(d for d in _divisors(channels, 1, lanes) if d & (d - 1) == 0)
+    vec = channel_vector(channels, lanes)
     vectors = channels // vec
     by_channels = prefers_channel_parallel(spec) and vectors >= 2
     row_candidates, row_default = winograd_rows(spec.out_height)
