@@ -46,9 +46,23 @@ class Shape:
         return f"{self.size}x{self.size}x{self.channels} k{self.kernel} s{self.stride}"
 
 
-MOBILENET_V2 = [Shape("MobileNetV2", *layer) for layer in MODELS["mobilenet_v2"]]
-EFFICIENTNET_B0 = [Shape("EfficientNet-B0", *layer) for layer in MODELS["efficientnet_b0"] if layer[1:3] in {(240, 5), (672, 5)} and layer[3] == 1]
-SHAPES = MOBILENET_V2 + EFFICIENTNET_B0
+MODEL_NAMES = {"mobilenet_v2": "MobileNetV2", "mobilenet_v1": "MobileNetV1", "efficientnet_b0": "EfficientNet-B0"}
+
+
+def model_shapes(name: str) -> list[Shape]:
+    """Every depthwise layer of a model set (a key of `models.MODELS`), as benchmark shapes.
+
+    Raises:
+        ValueError: For an unknown model name.
+    """
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}. Expected one of {sorted(MODELS)}.")
+    return [Shape(MODEL_NAMES.get(name, name), *layer) for layer in MODELS[name]]
+
+
+MOBILENET_V2 = model_shapes("mobilenet_v2")
+EFFICIENTNET_B0 = [s for s in model_shapes("efficientnet_b0") if (s.channels, s.kernel) in {(240, 5), (672, 5)} and s.stride == 1]
+SHAPES = MOBILENET_V2 + EFFICIENTNET_B0  # the standard set: MobileNetV2 and two EfficientNet-B0 5x5 layers
 
 
 def copy_kernel(n_elements: int, dtype: str = "float32"):
@@ -316,8 +330,17 @@ def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def markdown(rows: list[dict]) -> str:
-    """The results as a Markdown table plus per-batch geometric means."""
+def markdown(rows: list[dict], summarize: tuple[str, ...] = ("MobileNetV2",)) -> str:
+    """The results as a Markdown table plus per-batch geometric means.
+
+    Args:
+        rows: What `run` returned.
+        summarize: Models (as rows name them) that get geometric-mean lines: the standard set's
+            two EfficientNet-B0 layers are examples of 5x5 kernels, not a model.
+
+    Returns:
+        Markdown text.
+    """
     peers = [p for p in ("torch", "onnxruntime", "numpy") if p in rows[0]["us"]]
     head = ["layer", "batch", "ours µs", "GB/s", "% of copy", "copy µs", "FMA floor µs", "% of roof"]
     head += [f"{p} µs" for p in peers]
@@ -344,22 +367,28 @@ def markdown(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for batch in sorted({r["batch"] for r in rows}):
-        mobilenet = [r for r in rows if r["batch"] == batch and r["model"] == "MobileNetV2"]
-        if not mobilenet or "vs_best_peer" not in mobilenet[0]:
-            continue
+        for model in summarize:
+            lines.extend(_summary(batch, model, [r for r in rows if r["batch"] == batch and r["model"] == model], on_torch))
+    return "\n".join(lines) + "\n"
+
+
+def _summary(batch: int, model: str, model_rows: list[dict], on_torch: bool) -> list[str]:
+    """The geometric-mean line of one model at one batch size (none without peers)."""
+    lines = []
+    if model_rows and "vs_best_peer" in model_rows[0]:
         lines.append(
-            f"- batch {batch}, MobileNetV2: geomean speed-up vs the best peer per shape "
-            f"{geomean([r['vs_best_peer'] for r in mobilenet]):.2f}x (slowest shape "
-            f"{min(r['vs_best_peer'] for r in mobilenet):.2f}x; a kernel at the roof would reach "
-            f"{geomean([r['ceiling_vs_best_peer'] for r in mobilenet]):.2f}x); % of copy rate: min "
-            f"{100 * min(r['copy_fraction'] for r in mobilenet):.0f}%, geomean "
-            f"{100 * geomean([r['copy_fraction'] for r in mobilenet]):.0f}%; % of roof (max of copy "
-            f"time and FMA floor): min {100 * min(r['roof_fraction'] for r in mobilenet):.0f}%, geomean "
-            f"{100 * geomean([r['roof_fraction'] for r in mobilenet]):.0f}%"
-            + (f"; on torch tensors, geomean vs torch {geomean([r['torch_input_vs_torch'] for r in mobilenet]):.2f}x"
+            f"- batch {batch}, {model}: geomean speed-up vs the best peer per shape "
+            f"{geomean([r['vs_best_peer'] for r in model_rows]):.2f}x (slowest shape "
+            f"{min(r['vs_best_peer'] for r in model_rows):.2f}x; a kernel at the roof would reach "
+            f"{geomean([r['ceiling_vs_best_peer'] for r in model_rows]):.2f}x); % of copy rate: min "
+            f"{100 * min(r['copy_fraction'] for r in model_rows):.0f}%, geomean "
+            f"{100 * geomean([r['copy_fraction'] for r in model_rows]):.0f}%; % of roof (max of copy "
+            f"time and FMA floor): min {100 * min(r['roof_fraction'] for r in model_rows):.0f}%, geomean "
+            f"{100 * geomean([r['roof_fraction'] for r in model_rows]):.0f}%"
+            + (f"; on torch tensors, geomean vs torch {geomean([r['torch_input_vs_torch'] for r in model_rows]):.2f}x"
                if on_torch else "")
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -25,9 +25,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     peers = tuple(p for p in args.peers.split(",") if p)
     batches = tuple(int(b) for b in args.batches.split(","))
-    rows = bench.run(batches=batches, threads=args.threads, rounds=args.rounds, peers=peers, target=args.target)
+    shapes = bench.model_shapes(args.model) if args.model else None
+    rows = bench.run(batches=batches, shapes=shapes, threads=args.threads, rounds=args.rounds, peers=peers,
+                     target=args.target)
     overhead = bench.layer_overhead_us()
-    table = bench.markdown(rows)
+    table = bench.markdown(rows, summarize=(shapes[0].model,) if shapes else ("MobileNetV2",))
     tgt = resolve_target(args.target)
     header = (
         f"Target `{tgt}` on {platform.processor() or platform.machine()}, {args.threads} threads, fp32, "
@@ -40,7 +42,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(header + table + footer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"cpu-{target_key(tgt)}"
+    stem = out / f"cpu-{target_key(tgt)}{'-' + args.model if args.model else ''}"
     stem.with_suffix(".md").write_text(header + table + footer)
     stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "overhead": overhead}, indent=1))
     bench.plot(rows, stem.with_suffix(".png"))
@@ -57,7 +59,7 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
 
 def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("workload (a model set, or one layer)")
-    group.add_argument("--model", help="mobilenet_v2 or efficientnet_b0: their depthwise layers at 224x224")
+    group.add_argument("--model", help="mobilenet_v2, mobilenet_v1 or efficientnet_b0: their depthwise layers at 224x224")
     group.add_argument("--input-shape", help="one layer's input shape, e.g. 1,112,112,32")
     group.add_argument("--kernel-size", default="3")
     group.add_argument("--strides", default="1")
@@ -216,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--rounds", type=int, default=9)
     bench_cmd.add_argument("--peers", default="torch,onnxruntime,numpy")
     bench_cmd.add_argument("--target", default="host")
+    bench_cmd.add_argument("--model", default=None, help="every depthwise layer of a model set (mobilenet_v2, "
+                           "mobilenet_v1, efficientnet_b0) instead of the standard set; results as cpu-<key>-<model>")
     bench_cmd.add_argument("--out", default="benchmarks/results")
     bench_cmd.set_defaults(func=_bench)
     tune_cmd = sub.add_parser("tune", help="auto-tune layers for a target with MetaSchedule")

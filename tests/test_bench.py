@@ -44,3 +44,28 @@ def test_alternating_order_reverses_every_other_round():
 
     assert alternating_order(3, 3) == [0, 1, 2, 2, 1, 0, 0, 1, 2]
     assert alternating_order(2, 0) == []
+
+
+def test_model_sets_as_bench_shapes():
+    shapes = bench.model_shapes("mobilenet_v1")
+    assert len(shapes) == 9 and {s.model for s in shapes} == {"MobileNetV1"}
+    assert shapes[-1].label == "7x7x1024 k3 s1"
+    assert bench.model_shapes("mobilenet_v2") == bench.MOBILENET_V2
+    with pytest.raises(ValueError, match="Unknown model 'resnet50'"):
+        bench.model_shapes("resnet50")
+
+
+def test_bench_summarizes_the_model_it_timed():
+    pytest.importorskip("torch")
+    shape = bench.model_shapes("mobilenet_v1")[-1]
+    rows = bench.run(batches=(1,), shapes=[shape], rounds=1, budget_s=0.005, settle_s=0.0, peers=("torch",))
+    assert "- batch 1, MobileNetV1: geomean speed-up" in bench.markdown(rows, summarize=("MobileNetV1",))
+    assert "geomean" not in bench.markdown(rows)  # the standard summary is MobileNetV2's
+
+
+def test_bench_command_rejects_an_unknown_model(tmp_path, capsys):
+    from dwconv_tvm import cli
+
+    assert cli.main(["bench", "--model", "resnet50", "--out", str(tmp_path)]) == 2
+    assert "Unknown model 'resnet50'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
