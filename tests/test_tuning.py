@@ -17,7 +17,7 @@ from numpy._core._multiarray_umath import __cpu_features__ as HOST_FEATURES
 
 import dwconv_tvm
 from dwconv_tvm import DepthwiseSpec, build, records, tuning
-from dwconv_tvm.compute import depthwise_module
+from dwconv_tvm.compute import algorithms, depthwise_module
 from reference import ACTIVATIONS, depthwise
 
 SPEC = DepthwiseSpec.from_keras((1, 10, 10, 32), 3, 1, "same", activation="relu6")
@@ -28,7 +28,6 @@ def _space(spec):
     a sweep measures)."""
     from tvm import s_tir
 
-    from dwconv_tvm.compute import algorithms
     from dwconv_tvm.schedules import cpu
     from dwconv_tvm.schedules.common import knob_space
 
@@ -185,7 +184,8 @@ def test_every_layer_is_swept_before_any_search(tmp_path, monkeypatch):
 
 def test_the_sweep_times_its_combinations_side_by_side(tmp_path, monkeypatch):
     # Records measured seconds apart do not compare on a shared machine: the sweep times each
-    # group of combinations in interleaved rounds, and the final check then its finalists.
+    # group of combinations in interleaved rounds, and the final check then a prescreen of each
+    # algorithm's fastest records (one round) and its finalists.
     groups = []
     side_by_side = tuning._InProcess.side_by_side
     monkeypatch.setattr(tuning._InProcess, "side_by_side",
@@ -194,7 +194,9 @@ def test_the_sweep_times_its_combinations_side_by_side(tmp_path, monkeypatch):
     tuning.tune(SMALL, trials=18, log_dir=tmp_path / "db")
     sweep_rounds = tuning.EVALUATOR["repeat"]
     assert groups[:2] == [(tuning.SWEEP_GROUP, sweep_rounds), (18 - tuning.SWEEP_GROUP, sweep_rounds)]
-    assert groups[2][1] == tuning.FINAL_ROUNDS and len(groups) == 3
+    kinds = len(algorithms(SMALL, dwconv_tvm.resolve_target("host")))
+    assert groups[2][1] == 1 and tuning.FINALISTS < groups[2][0] <= tuning.PRESCREEN * kinds
+    assert groups[3][1] == tuning.FINAL_ROUNDS and len(groups) == 4
     assert len(_records(tmp_path / "db")) == 18
 
 
@@ -293,8 +295,6 @@ def _final_check(folder, default_us, others_us, stream=None):
 
     from dwconv_tvm.schedules import cpu
 
-    from dwconv_tvm.compute import algorithms
-
     host = dwconv_tvm.resolve_target("host")
     mods = {a: depthwise_module(SPEC, a) for a in algorithms(SPEC, host)}
     database = _database(folder)
@@ -315,6 +315,45 @@ def test_final_check_keeps_the_default_unless_clearly_faster(tuned_logs, tmp_pat
     assert len(verdict["median_us"]) >= 2
     verdict, default = _final_check(folder, 10.0, [9.0, 8.0])  # the second-fastest finalist wins
     assert verdict["chosen"] != default and verdict["median_us"][verdict["chosen"]] == 8.0
+
+
+class _PrescreenFavorsLast(_Timed):
+    """The prescreen (one round) times its last candidate, the slowest-recorded of the last
+    algorithm, fastest; the final rounds keep that ranking for the same module."""
+
+    def side_by_side(self, mods, rounds):
+        if rounds == 1:
+            self.favored = mods[-1]
+            return [[(1.0 if mod is self.favored else 10.0) * 1e-6] for mod in mods]
+        return [[(1.0 if mod is self.favored else 10.0) * 1e-6] * rounds for mod in mods]
+
+
+def test_final_check_picks_finalists_by_a_prescreen_in_this_phase(tuned_logs, tmp_path, monkeypatch):
+    # Recorded latencies come from other phases of a shared machine: the finalists are the
+    # fastest of a back-to-back prescreen, so a record measured in a slow phase can still win.
+    from tvm import s_tir
+
+    from dwconv_tvm.schedules import cpu
+
+    folder = tmp_path / "db"
+    shutil.copytree(tuned_logs, folder)
+    monkeypatch.setattr(tuning, "FINALISTS", 1)
+    host = dwconv_tvm.resolve_target("host")
+    mods = {a: depthwise_module(SPEC, a) for a in algorithms(SPEC, host)}
+    database = _database(folder)
+    workloads = {a: database.commit_workload(mod) for a, mod in mods.items()}
+    measure = _PrescreenFavorsLast(10.0, [])
+    tuning._final_check(SPEC, mods, cpu, host, database, workloads, measure, folder,
+                        tuning._Progress("spec", 1, float("inf"), None, None))
+    default = s_tir.Schedule(mods["direct"])
+    cpu.schedule(default, SPEC, host)
+    default_id = records.trace_id(default.trace)
+    verdict = json.loads((folder / records.CHOICES).read_text())["choices"][SPEC.key]
+    by_record = sorted((tuning._mean(r.run_secs), records.trace_id(r.trace)) for r in _records(folder))
+    fastest_recorded = next(tid for _, tid in by_record if tid != default_id)
+    assert set(verdict["median_us"]) == {default_id, verdict["chosen"]}  # the default and 1 finalist
+    assert verdict["median_us"][verdict["chosen"]] == 1.0
+    assert verdict["chosen"] not in (default_id, fastest_recorded)  # promoted by the prescreen
 
 
 def test_final_check_warns_when_the_machine_runs_slow(tuned_logs, tmp_path):
