@@ -182,6 +182,29 @@ def test_every_layer_is_swept_before_any_search(tmp_path, monkeypatch):
     assert calls == [("sweep", SMALL), ("sweep", other), ("search", SMALL), ("search", other)]
 
 
+def test_side_by_side_builds_the_modules_of_its_previous_call_once(monkeypatch):
+    # The final check times its finalists right after its prescreen timed them.
+    import tvm
+    from tvm import s_tir
+
+    from dwconv_tvm.schedules import cpu
+
+    host = dwconv_tvm.resolve_target("host")
+    sch = s_tir.Schedule(depthwise_module(SMALL))
+    cpu.schedule(sch, SMALL, host)
+    other = s_tir.Schedule(depthwise_module(SMALL))
+    cpu.schedule(other, SMALL, host)
+    measure = tuning._InProcess(sch.mod, host)
+    built = []
+    build = tvm.tirx.build
+    monkeypatch.setattr(tvm.tirx, "build", lambda mod, **kw: built.append(mod) or build(mod, **kw))
+    first = measure.side_by_side([sch.mod, other.mod], 1)
+    again = measure.side_by_side([other.mod], 2)
+    assert built == [sch.mod, other.mod] and len(first) == 2 and len(again[0]) == 2
+    measure.side_by_side([sch.mod], 1)  # only the previous call's modules are kept
+    assert built == [sch.mod, other.mod, sch.mod]
+
+
 def test_the_sweep_times_its_combinations_side_by_side(tmp_path, monkeypatch):
     # Records measured seconds apart do not compare on a shared machine: the sweep times each
     # group of combinations in interleaved rounds, and the final check then a prescreen of each
