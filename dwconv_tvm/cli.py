@@ -29,7 +29,7 @@ def _bench(args: argparse.Namespace) -> int:
     rows = bench.run(batches=batches, shapes=shapes, threads=args.threads, rounds=args.rounds, peers=peers,
                      target=args.target)
     overhead = bench.layer_overhead_us()
-    table = bench.markdown(rows, summarize=(shapes[0].model,) if shapes else ("MobileNetV2",))
+    table = bench.markdown(rows) if shapes is None else bench.markdown(rows, summarize=(shapes[0].model,))
     tgt = resolve_target(args.target)
     header = (
         f"Target `{tgt}` on {platform.processor() or platform.machine()}, {args.threads} threads, fp32, "
