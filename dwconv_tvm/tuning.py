@@ -35,6 +35,7 @@ from .runtime import aligned_copy
 from .spec import DepthwiseSpec
 from .targets import TargetLike, resolve_target, target_key
 from .timing import alternating_order, seconds_per_call
+from .tracker import check_tracker, parse_tracker
 
 
 def _f_build(mod, target, _params):
@@ -527,20 +528,6 @@ def _final_check(spec, mods, rule, target, database, workloads, measure, folder:
                       "seems busy, which can change the ranking; re-judge later with --trials 0")
 
 
-def _parse_tracker(rpc_tracker: str | None, rpc_key: str | None):
-    if rpc_tracker is None:
-        if rpc_key is not None:
-            raise ValueError("`rpc_key` needs `rpc_tracker` ('host:port').")
-        return None
-    host, _, port = str(rpc_tracker).rpartition(":")
-    if not host or not port.isdigit() or not rpc_key:
-        raise ValueError(
-            "`rpc_tracker` must be 'host:port' and `rpc_key` the device key registered with it. "
-            f"Received: rpc_tracker={rpc_tracker!r}, rpc_key={rpc_key!r}"
-        )
-    return host, int(port), str(rpc_key)
-
-
 def _check_budget(trials, time_budget_s) -> tuple[int, float]:
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 0):
         raise ValueError(
@@ -553,6 +540,16 @@ def _check_budget(trials, time_budget_s) -> tuple[int, float]:
     if trials is None:
         trials = 64 if time_budget_s is None else UNLIMITED
     return trials, math.inf if time_budget_s is None else float(time_budget_s)
+
+
+def _make_folder(folder: Path, what: str) -> Path:
+    """`folder`, created if needed; one that cannot hold files is a ValueError about `what`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # a read-only folder passes mkdir
+    except OSError as err:
+        raise ValueError(f"{what} must be a folder this process can write to: {err}") from None
+    return folder
 
 
 def _check_runs_here(target) -> None:
@@ -618,7 +615,9 @@ def tune(
         The database folder.
 
     Raises:
-        ValueError: On a bad argument.
+        ValueError: On a bad argument: among them a `log_dir` or `curve` folder that cannot be
+            written, and an `rpc_tracker` where no TVM RPC tracker answers or that has no device
+            registered under `rpc_key` (checked before tuning starts).
         ImportError: If `curve` is given and matplotlib is not installed.
     """
     from tvm.s_tir import meta_schedule as ms
@@ -630,17 +629,20 @@ def tune(
     if not specs or not all(isinstance(s, DepthwiseSpec) for s in specs):
         raise ValueError("`specs` must be a DepthwiseSpec or a non-empty list of them.")
     trials, budget = _check_budget(trials, time_budget_s)
-    tracker = _parse_tracker(rpc_tracker, rpc_key)
+    tracker = parse_tracker(rpc_tracker, rpc_key)
     if curve is not None:
         import matplotlib  # noqa: F401  (fail before tuning, not after)
+
+        _make_folder(Path(curve).parent, "The folder of `curve`")
     tgt = resolve_target(target)
     rule = for_target(tgt)
     if rule is None:
         raise ValueError(f"No schedule template for target kind '{tgt.kind.name}'.")
     if tracker is None:
         _check_runs_here(tgt)
-    folder = Path(log_dir) if log_dir is not None else user_log_dir(tgt)
-    folder.mkdir(parents=True, exist_ok=True)
+    else:
+        check_tracker(*tracker)
+    folder = _make_folder(Path(log_dir) if log_dir is not None else user_log_dir(tgt), "`log_dir`")
 
     @functools.cache
     def tools():

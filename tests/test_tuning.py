@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -455,6 +456,7 @@ def test_tuning_sets_damaged_verdicts_aside(tuned_logs, tmp_path):
     (dict(specs=SPEC, rpc_tracker="localhost", rpc_key="k"), "host:port"),
     (dict(specs=SPEC, rpc_tracker="localhost:9190"), "rpc_key"),
     (dict(specs=SPEC, rpc_key="k"), "rpc_tracker"),
+    (dict(specs=SPEC, rpc_tracker="localhost:99999", rpc_key="k"), "port 1-65535"),
     (dict(specs=SPEC, target="aarch64"), "cannot run on this machine"),
     # A CPU with extensions this one lacks (no CPU has both FMA4 and AVX512-FP16).
     (dict(specs=SPEC, target={"kind": "llvm", "mcpu": "sapphirerapids" if HOST_FEATURES.get("FMA4") else "bdver2"}),
@@ -642,6 +644,57 @@ def test_tune_through_an_rpc_tracker(tmp_path):
     assert len(measured) == 3 and all(float(s) > 0 for r in measured for s in r.run_secs)
     verdict = json.loads((tmp_path / "db" / records.CHOICES).read_text())["choices"][SPEC.key]  # timed remotely too
     assert len(verdict["median_us"]) == 3 and all(us > 0 for us in verdict["median_us"].values())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_tune_names_a_tracker_it_cannot_use_before_tuning(tmp_path, monkeypatch):
+    # MetaSchedule's runner reports these in worker threads, per candidate, and the run ended
+    # with no records: the tuner checks the tracker once, up front.
+    import socket
+
+    from dwconv_tvm import tracker
+    from tvm.s_tir.meta_schedule.testing.local_rpc import LocalRPC
+
+    monkeypatch.setattr(tracker, "REGISTRATION_WAIT_S", 1.0)
+    folder = tmp_path / "db"
+    with pytest.raises(ValueError, match="Cannot reach a TVM RPC tracker at `rpc_tracker`"):
+        tuning.tune(SPEC, "host", trials=1, log_dir=folder, rpc_tracker=f"127.0.0.1:{_free_port()}", rpc_key="k")
+    with socket.create_server(("127.0.0.1", 0)) as impostor:  # something else listens there
+        impostor_port = impostor.getsockname()[1]
+
+        def answer_garbage():
+            conn, _ = impostor.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread.start()
+        with pytest.raises(ValueError, match="not as a TVM RPC tracker"):
+            tuning.tune(SPEC, "host", trials=1, log_dir=folder, rpc_tracker=f"127.0.0.1:{impostor_port}",
+                        rpc_key="k")
+        thread.join(timeout=10)
+    with LocalRPC(tracker_key="dwconv-test", silent=True) as rpc:
+        with pytest.raises(ValueError, match=r"under `rpc_key`='other'.*\['dwconv-test'\]"):
+            tuning.tune(SPEC, "host", trials=1, log_dir=folder, rpc_tracker=f"{rpc.tracker_host}:{rpc.tracker_port}",
+                        rpc_key="other")
+    assert not folder.exists()  # nothing was started
+
+
+def test_tune_names_a_log_or_curve_folder_it_cannot_write(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="`log_dir` must be a folder this process can write to"):
+        tuning.tune(SPEC, "host", trials=0, log_dir=blocker / "db")
+    with pytest.raises(ValueError, match="The folder of `curve` must be a folder"):
+        tuning.tune(SPEC, "host", trials=0, log_dir=tmp_path / "db", curve=blocker / "curve.png")
+    assert not (tmp_path / "db").exists()  # checked before tuning
 
 
 def test_in_process_measurer_times_aligned_arguments():
