@@ -231,10 +231,19 @@ def cuda_binary(spec: DepthwiseSpec, target: TargetLike) -> bytes:
 def _build(spec: DepthwiseSpec, target, path: Path | None, scheduled: tuple) -> CompiledOp:
     executable, schedule_name = build_executable(spec, target, scheduled)
     target_text = str(target)
-    if path is None:
-        return CompiledOp(executable.mod, spec, target_text, schedule_name)
-    write_library(executable, spec, target_text, schedule_name, path)
-    return CompiledOp(load_library(path, target_text), spec, target_text, schedule_name, path)
+    if path is not None:
+        try:
+            write_library(executable, spec, target_text, schedule_name, path)
+            return CompiledOp(load_library(path, target_text), spec, target_text, schedule_name, path)
+        except OSError as err:
+            # A read-only home or a full disk (containers, serverless apps): the layer still
+            # runs, compiling in each new process.
+            warnings.warn(
+                f"The kernel cache in {path.parent.parent} cannot be written ({err.strerror or err}): "
+                f"kernels are compiled in memory only. Set {cache.CACHE_ENV} to a writable folder to "
+                "keep them across processes.", stacklevel=4,
+            )
+    return CompiledOp(executable.mod, spec, target_text, schedule_name)
 
 
 def compile(spec: DepthwiseSpec, target: TargetLike = "host", *, use_cache: bool = True) -> CompiledOp:  # noqa: A001

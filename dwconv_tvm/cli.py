@@ -24,8 +24,13 @@ def _bench(args: argparse.Namespace) -> int:
     from .targets import resolve_target, target_key
 
     peers = tuple(p for p in args.peers.split(",") if p)
-    batches = tuple(int(b) for b in args.batches.split(","))
+    batches = _int_list(args.batches, "batches")
     shapes = bench.model_shapes(args.model) if args.model else None
+    out = Path(args.out)
+    try:  # before the minutes of timing, not after
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"`--out` must be a folder this process can create. Received: {args.out!r} ({err})") from None
     rows = bench.run(batches=batches, shapes=shapes, threads=args.threads, rounds=args.rounds, peers=peers,
                      target=args.target)
     overhead = bench.layer_overhead_us()
@@ -40,8 +45,6 @@ def _bench(args: argparse.Namespace) -> int:
         f"(layer call {overhead['layer_us']:.2f} us, bare kernel call {overhead['kernel_us']:.2f} us).\n"
     )
     print(header + table + footer)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = out / f"cpu-{target_key(tgt)}{'-' + args.model if args.model else ''}"
     stem.with_suffix(".md").write_text(header + table + footer)
     stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "overhead": overhead}, indent=1))
@@ -271,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         # stdout is pointed at /dev/null so that the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the signal
+    except OSError as err:  # a file or folder the command could not write: say which, no traceback
+        print(f"dwconv-tvm: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -69,3 +69,17 @@ def test_bench_command_rejects_an_unknown_model(tmp_path, capsys):
     assert cli.main(["bench", "--model", "resnet50", "--out", str(tmp_path)]) == 2
     assert "Unknown model 'resnet50'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--batches", "1,x"], "`--batches` must be comma-separated integers"),
+    (["--out", "{blocker}/results"], "`--out` must be a folder this process can create"),
+])
+def test_bench_command_names_a_bad_argument_before_timing(flags, needle, tmp_path, capsys):
+    from dwconv_tvm import cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    flags = [f.format(blocker=blocker) for f in flags]
+    assert cli.main(["bench", "--model", "mobilenet_v1", "--out", str(tmp_path / "out"), *flags]) == 2
+    assert needle in capsys.readouterr().err

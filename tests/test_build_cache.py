@@ -94,6 +94,22 @@ def test_no_temporary_files_left(tmp_path, monkeypatch):
     assert len(names) == 2 and not any(n.startswith(".") for n in names)
 
 
+def test_unwritable_cache_warns_and_compiles_in_memory(tmp_path, monkeypatch, rng):
+    # A read-only home (containers, serverless apps) must not stop the layer from running.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("DWCONV_TVM_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(build, "_memory", {})
+    spec = DepthwiseSpec.from_keras((1, 6, 6, 2), 3)
+    with pytest.warns(UserWarning, match="kernel cache .* cannot be written.*DWCONV_TVM_CACHE"):
+        op = dwconv_tvm.compile(spec)
+    assert op.path is None
+    x = rng.standard_normal(spec.input_shape).astype(np.float32)
+    k = rng.standard_normal(spec.kernel_shape).astype(np.float32)
+    b = rng.standard_normal(spec.bias_shape).astype(np.float32)
+    np.testing.assert_allclose(op(x, k, b), depthwise(x, k, b), atol=1e-5)
+
+
 def test_use_cache_false_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("DWCONV_TVM_CACHE", str(tmp_path))
     monkeypatch.setattr(build, "_memory", {})

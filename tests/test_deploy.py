@@ -207,6 +207,13 @@ def test_cli_compile_errors(args, needle, tmp_path):
     assert result.returncode == 2 and needle in result.stderr, result.stderr
 
 
+def test_export_names_a_path_where_no_folder_can_be_made(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="`path` must be in a folder this process can create"):
+        dwconv_tvm.export(DepthwiseSpec.from_keras((1, 6, 6, 2), 3), blocker / "libs" / "dw.so")
+
+
 @pytest.fixture(scope="module")
 def cpp_app(tmp_path_factory):
     """The C++ example app, built with CMake."""
