@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -151,41 +152,62 @@ class _ThroughRunner:
         self.target, self.builder, self.runner = target, builder, runner
         self.args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
         self.device = "cpu" if target.kind.name == "llvm" else target.kind.name
+        # module -> build result of the last `side_by_side` call; what is left goes with the object.
+        self._kept: dict = {}
+        weakref.finalize(self, _remove_artifacts, self._kept)
 
     def __call__(self, mods) -> list[list[float] | None]:
-        return self._run(mods, list(range(len(mods))))
+        built = self.builder.build([self._input(mod) for mod in mods])
+        try:
+            return self._run(built, list(range(len(mods))))
+        finally:
+            _remove_artifacts(dict(enumerate(built)))
 
     def side_by_side(self, mods, rounds: int) -> list[list[float] | None]:
         """Seconds per call of each module, one sample (a runner measurement's mean) per round,
-        rounds in alternating order; None for a module that failed in any round. Built once."""
+        rounds in alternating order; None for a module that failed in any round. Built once,
+        and the modules of the previous call are not built again (the final check times its
+        finalists right after its prescreen timed them)."""
+        new = [mod for mod in dict.fromkeys(mods) if mod not in self._kept]
+        current = {mod: self._kept[mod] for mod in mods if mod in self._kept}
+        current.update(zip(new, self.builder.build([self._input(mod) for mod in new]) if new else []))
+        _remove_artifacts({mod: result for mod, result in self._kept.items() if mod not in current})
+        self._kept.clear()
+        self._kept.update(current)
         order = alternating_order(len(mods), rounds)
         samples: list[list[float] | None] = [[] for _ in mods]
-        for i, run_secs in zip(order, self._run(mods, order)):
+        for i, run_secs in zip(order, self._run([current[mod] for mod in mods], order)):
             if samples[i] is not None:
                 samples[i] = samples[i] + [_mean(run_secs)] if run_secs else None
         return samples
 
-    def _run(self, mods, order: list[int]) -> list[list[float] | None]:
-        """Builds each module once, then measures them in `order` (the runner works through its
-        inputs one at a time); returns the run times of each entry of `order`, None if it failed."""
+    def _input(self, mod):
         from tvm.s_tir import meta_schedule as ms
 
-        built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in mods])
-        try:
-            results: list[list[float] | None] = [None] * len(order)
-            runnable = [k for k, i in enumerate(order) if not built[i].error_msg]
-            futures = self.runner.run([
-                ms.runner.RunnerInput(built[order[k]].artifact_path, self.device, self.args_info) for k in runnable
-            ])
-            for k, future in zip(runnable, futures):
-                result = future.result()
-                if not result.error_msg:
-                    results[k] = [float(t) for t in result.run_secs]
-            return results
-        finally:
-            for b in built:  # each artifact sits in a temporary folder of its own
-                if b.artifact_path:
-                    shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        return ms.builder.BuilderInput(mod, self.target)
+
+    def _run(self, built, order: list[int]) -> list[list[float] | None]:
+        """Measures the built modules in `order` (the runner works through its inputs one at a
+        time); returns the run times of each entry of `order`, None where it failed."""
+        from tvm.s_tir import meta_schedule as ms
+
+        results: list[list[float] | None] = [None] * len(order)
+        runnable = [k for k, i in enumerate(order) if not built[i].error_msg]
+        futures = self.runner.run([
+            ms.runner.RunnerInput(built[order[k]].artifact_path, self.device, self.args_info) for k in runnable
+        ])
+        for k, future in zip(runnable, futures):
+            result = future.result()
+            if not result.error_msg:
+                results[k] = [float(t) for t in result.run_secs]
+        return results
+
+
+def _remove_artifacts(built: dict) -> None:
+    """Deletes the builder's artifacts among `built`'s values (each in a temporary folder of its own)."""
+    for result in built.values():
+        if result.artifact_path:
+            shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -206,6 +206,46 @@ def test_side_by_side_builds_the_modules_of_its_previous_call_once(monkeypatch):
     assert built == [sch.mod, other.mod, sch.mod]
 
 
+def test_rpc_side_by_side_builds_the_modules_of_its_previous_call_once(tmp_path):
+    # As in-process, through MetaSchedule's builder and runner (stand-ins here; the loopback
+    # tracker test runs the real ones): artifacts of the previous call are reused, then removed.
+    import gc
+    import types
+
+    host = dwconv_tvm.resolve_target("host")
+    mods = [depthwise_module(SMALL) for _ in range(3)]
+    built, ran = [], []
+
+    class Builder:
+        def build(self, inputs):
+            results = []
+            for item in inputs:
+                built.append(item.mod)
+                folder = tmp_path / f"artifact{len(built)}"
+                folder.mkdir()
+                (folder / "lib.so").write_text("")
+                results.append(types.SimpleNamespace(error_msg=None, artifact_path=str(folder / "lib.so")))
+            return results
+
+    class Runner:
+        def run(self, inputs):
+            ran.extend(item.artifact_path for item in inputs)
+            result = types.SimpleNamespace(error_msg=None, run_secs=[1e-6])
+            return [types.SimpleNamespace(result=lambda: result) for _ in inputs]
+
+    measure = tuning._ThroughRunner(mods[0], host, Builder(), Runner())
+    assert [len(s) for s in measure.side_by_side(mods[:2], 1)] == [1, 1]
+    assert [len(s) for s in measure.side_by_side(mods[1:2], 3)] == [3]
+    assert built == mods[:2] and sorted(p.name for p in tmp_path.iterdir()) == ["artifact2"]
+    measure.side_by_side([mods[2]], 1)  # only the previous call's modules are kept
+    assert built == mods and sorted(p.name for p in tmp_path.iterdir()) == ["artifact3"]
+    assert measure([mods[0]]) == [[1e-6]] and len(built) == 4  # a plain measurement keeps nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact3"]
+    del measure
+    gc.collect()
+    assert not any(tmp_path.iterdir())  # what was kept goes with the measurer
+
+
 def test_the_sweep_times_its_combinations_side_by_side(tmp_path, monkeypatch):
     # Records measured seconds apart do not compare on a shared machine: the sweep times each
     # group of combinations in interleaved rounds, and the final check then a prescreen of each
