@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,9 +31,17 @@ def cache_root() -> Path:
 def _temporary_beside(path: Path, suffix: str) -> Iterator[Path]:
     """A temporary path in `path`'s folder; removed unless the caller renamed it away."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The real suffix last: writers such as export_library choose their format by it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+    while True:
+        # The real suffix last: writers such as export_library choose their format by it.
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp{suffix}"
+        try:
+            # Created as a plain `open` would create the file (0o666 less the umask), not
+            # mkstemp's owner-only 0o600: an exported library, its sidecar and shared tuning
+            # logs must stay readable by the service or teammate that uses them.
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield Path(tmp)
     finally:

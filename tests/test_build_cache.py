@@ -94,6 +94,20 @@ def test_no_temporary_files_left(tmp_path, monkeypatch):
     assert len(names) == 2 and not any(n.startswith(".") for n in names)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path, umask):
+    # Exported libraries, their sidecars and shared tuning logs are read by other users (a
+    # service account, a teammate): the temporary file's owner-only mode must not stick.
+    previous = os.umask(umask)
+    try:
+        dwconv_tvm.export(DepthwiseSpec.from_keras((1, 6, 6, 2), 3), tmp_path / "dw.so")
+    finally:
+        os.umask(previous)
+    sidecar, library = (tmp_path / "dw.json").stat().st_mode & 0o777, (tmp_path / "dw.so").stat().st_mode & 0o777
+    assert sidecar == 0o666 & ~umask
+    assert library & 0o444 == 0o444 & ~umask  # readable by whoever a plain linker output is
+
+
 def test_unwritable_cache_warns_and_compiles_in_memory(tmp_path, monkeypatch, rng):
     # A read-only home (containers, serverless apps) must not stop the layer from running.
     blocker = tmp_path / "a-file"
