@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cache
 from .layer import DepthwiseConv2D
 from .models import MODELS
 from .reference import depthwise_reference
@@ -414,5 +415,5 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"Depthwise conv, fp32, batch {batch}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    cache.atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

@@ -20,7 +20,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     import tvm
 
-    from . import bench
+    from . import bench, cache
     from .targets import resolve_target, target_key
 
     peers = tuple(p for p in args.peers.split(",") if p)
@@ -46,8 +46,10 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print(header + table + footer)
     stem = out / f"cpu-{target_key(tgt)}{'-' + args.model if args.model else ''}"
-    stem.with_suffix(".md").write_text(header + table + footer)
-    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "overhead": overhead}, indent=1))
+    # Atomically, as every file here: an interrupt leaves the previous run's results whole.
+    cache.atomic_write(stem.with_suffix(".md"), lambda tmp: tmp.write_text(header + table + footer))
+    cache.atomic_write(stem.with_suffix(".json"),
+                       lambda tmp: tmp.write_text(json.dumps({"rows": rows, "overhead": overhead}, indent=1)))
     bench.plot(rows, stem.with_suffix(".png"))
     print(f"wrote {stem}.md, .json and .png")
     return 0
