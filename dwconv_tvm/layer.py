@@ -445,7 +445,8 @@ class DepthwiseConv2D:
             output pool (`runtime.OutputPool`), reused only once nothing refers to it.
 
         Raises:
-            ValueError: On a non-float input, wrong rank, channel mismatch or empty output.
+            ValueError: On a non-float input, wrong rank, channel mismatch, or an image too
+                small for the kernel (a batch of 0 gives an empty output, as in Keras).
             TypeError: If `inputs` is not a tensor.
         """
         kind = type(inputs)
@@ -488,10 +489,20 @@ class DepthwiseConv2D:
                 f"Layer '{self.name}' has autocast=False and computes in {self.compute_dtype}; "
                 f"received input with dtype {x.dtype}."
             )
+        if x.shape[0] == 0:  # as Keras: an empty batch (a detector with no crops) gives one back
+            return like_input(self._empty_batch(x.shape), inputs)
         op = self._op(x.shape, target)
         if target is None:
             self._make_plan(inputs, x, op)
         return like_input(self._forward(x, op), inputs)
+
+    def _empty_batch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The output of a batch of 0, without a kernel (too small an image still raises)."""
+        y = np.empty(self.compute_output_shape(shape), self.compute_dtype)
+        if self.activity_regularizer is not None:
+            # Keras divides the activity loss by the batch size with divide_no_nan: 0 here.
+            self._activity_losses = [np.zeros_like(np.asarray(self.activity_regularizer(y)))]
+        return y
 
     def _make_plan(self, inputs: Any, x: np.ndarray, op: CompiledOp) -> None:
         """Records the hot path for NumPy input and for torch CPU tensors (`x` is the NumPy

@@ -50,6 +50,15 @@ def test_random_configs_match_keras(seed):
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("data_format,shape", [("channels_last", (0, 9, 9, 3)), ("channels_first", (0, 3, 9, 9))])
+def test_empty_batch_like_keras(data_format, shape):
+    config = dict(kernel_size=3, strides=2, depth_multiplier=2, data_format=data_format, activity_regularizer="l2")
+    theirs, ours = keras.layers.DepthwiseConv2D(**config), DepthwiseConv2D(**config)
+    expected, got = keras.ops.convert_to_numpy(theirs(np.zeros(shape, np.float32))), ours(np.zeros(shape, np.float32))
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert [float(keras.ops.convert_to_numpy(v)) for v in theirs.losses] == [float(v) for v in ours.losses]
+
+
 def test_seed_example_like_keras():
     x = np.random.rand(4, 10, 10, 12)
     assert tuple(keras.layers.DepthwiseConv2D(3, 3, activation="relu")(x).shape) == (4, 3, 3, 12)

@@ -86,7 +86,7 @@ BAD_INPUTS = [
     (np.zeros((2, 9, 9, 3), bool), "floating-point"),
     (np.zeros((2, 9, 9, 3), np.complex64), "floating-point"),
     (np.zeros((2, 2, 2, 3), np.float32), "zero or negative"),
-    (np.zeros((0, 9, 9, 3), np.float32), "empty"),
+    (np.zeros((0, 2, 2, 3), np.float32), "zero or negative"),  # an empty batch of too small images
 ]
 
 
@@ -95,6 +95,17 @@ def test_bad_inputs_raise_value_error(x, needle):
     with pytest.raises(ValueError) as info:
         DepthwiseConv2D(3)(x)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("data_format,shape", [("channels_last", (0, 9, 9, 3)), ("channels_first", (0, 3, 9, 9))])
+def test_empty_batch_gives_an_empty_output(data_format, shape):
+    # As Keras: a batch of 0 (a detector that found nothing to crop) is no error.
+    layer = DepthwiseConv2D(3, 2, depth_multiplier=2, data_format=data_format, activity_regularizer="l2")
+    y = layer(np.zeros(shape, np.float32))
+    assert y.shape == layer.compute_output_shape(shape) and y.shape[0] == 0 and y.dtype == np.float32
+    assert [float(loss) for loss in layer.losses] == [0.0]  # Keras divides by the batch size with divide_no_nan
+    full = (2, *shape[1:])
+    assert layer(np.ones(full, np.float32)).shape == layer.compute_output_shape(full)  # then a real batch
 
 
 def test_channel_mismatch_after_build():
