@@ -154,14 +154,14 @@ class _ThroughRunner:
         self.device = "cpu" if target.kind.name == "llvm" else target.kind.name
         # module -> build result of the last `side_by_side` call; what is left goes with the object.
         self._kept: dict = {}
-        weakref.finalize(self, _remove_artifacts, self._kept)
+        weakref.finalize(self, _remove_artifacts, self._kept.values())
 
     def __call__(self, mods) -> list[list[float] | None]:
         built = self.builder.build([self._input(mod) for mod in mods])
         try:
             return self._run(built, list(range(len(mods))))
         finally:
-            _remove_artifacts(dict(enumerate(built)))
+            _remove_artifacts(built)
 
     def side_by_side(self, mods, rounds: int) -> list[list[float] | None]:
         """Seconds per call of each module, one sample (a runner measurement's mean) per round,
@@ -171,7 +171,7 @@ class _ThroughRunner:
         new = [mod for mod in dict.fromkeys(mods) if mod not in self._kept]
         current = {mod: self._kept[mod] for mod in mods if mod in self._kept}
         current.update(zip(new, self.builder.build([self._input(mod) for mod in new]) if new else []))
-        _remove_artifacts({mod: result for mod, result in self._kept.items() if mod not in current})
+        _remove_artifacts(result for mod, result in self._kept.items() if mod not in current)
         self._kept.clear()
         self._kept.update(current)
         order = alternating_order(len(mods), rounds)
@@ -203,9 +203,9 @@ class _ThroughRunner:
         return results
 
 
-def _remove_artifacts(built: dict) -> None:
-    """Deletes the builder's artifacts among `built`'s values (each in a temporary folder of its own)."""
-    for result in built.values():
+def _remove_artifacts(built) -> None:
+    """Deletes the artifacts of MetaSchedule build results (each in a temporary folder of its own)."""
+    for result in built:
         if result.artifact_path:
             shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
 
