@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,24 @@ def cache_root() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "dwconv-tvm"
+
+
+def writable_folder(folder: Path, message: str) -> Path:
+    """`folder`, created if needed, checked to take new files; else a ValueError of `message`.
+
+    Commands check where their results go before the minutes of work that make them.
+
+    Raises:
+        ValueError: `message` plus the system's reason, if the folder cannot be created or
+            written (a read-only folder passes the creation).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise ValueError(f"{message} ({err})") from None
+    return folder
 
 
 @contextlib.contextmanager

@@ -26,11 +26,8 @@ def _bench(args: argparse.Namespace) -> int:
     peers = tuple(p for p in args.peers.split(",") if p)
     batches = _int_list(args.batches, "batches")
     shapes = bench.model_shapes(args.model) if args.model else None
-    out = Path(args.out)
-    try:  # before the minutes of timing, not after
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"`--out` must be a folder this process can create. Received: {args.out!r} ({err})") from None
+    out = cache.writable_folder(Path(args.out), f"`--out` must be a folder this process can create and write to. "
+                                                f"Received: {args.out!r}")
     rows = bench.run(batches=batches, shapes=shapes, threads=args.threads, rounds=args.rounds, peers=peers,
                      target=args.target)
     overhead = bench.layer_overhead_us()

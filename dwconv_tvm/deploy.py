@@ -66,16 +66,14 @@ def export(spec: DepthwiseSpec, path: str | Path, target: TargetLike = "host") -
     Raises:
         TypeError: If `spec` is not a `DepthwiseSpec`.
         ValueError: If the target is invalid or unsupported, or `path` is a folder or lies
-            where no folder can be created.
+            where no folder can be created or written.
     """
     tgt = checked_target(spec, target)
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"`path` must be a file path for the library, not a folder. Received: {str(path)!r}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"`path` must be in a folder this process can create. Received: {str(path)!r} ({err})") from None
+    cache.writable_folder(path.parent, f"`path` must be in a folder this process can create and write to. "
+                                       f"Received: {str(path)!r}")
     executable, schedule_name = build_executable(spec, tgt)
     arch, fcompile = target_arch(tgt), None
     if arch != host_arch():

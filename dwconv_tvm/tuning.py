@@ -564,16 +564,6 @@ def _check_budget(trials, time_budget_s) -> tuple[int, float]:
     return trials, math.inf if time_budget_s is None else float(time_budget_s)
 
 
-def _make_folder(folder: Path, what: str) -> Path:
-    """`folder`, created if needed; one that cannot hold files is a ValueError about `what`."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()  # a read-only folder passes mkdir
-    except OSError as err:
-        raise ValueError(f"{what} must be a folder this process can write to: {err}") from None
-    return folder
-
-
 def _check_runs_here(target) -> None:
     """Tuning without an RPC tracker measures on this machine."""
     import tvm
@@ -655,7 +645,7 @@ def tune(
     if curve is not None:
         import matplotlib  # noqa: F401  (fail before tuning, not after)
 
-        _make_folder(Path(curve).parent, "The folder of `curve`")
+        cache.writable_folder(Path(curve).parent, "The folder of `curve` must be a folder this process can write to")
     tgt = resolve_target(target)
     rule = for_target(tgt)
     if rule is None:
@@ -664,7 +654,8 @@ def tune(
         _check_runs_here(tgt)
     else:
         check_tracker(*tracker)
-    folder = _make_folder(Path(log_dir) if log_dir is not None else user_log_dir(tgt), "`log_dir`")
+    folder = cache.writable_folder(Path(log_dir) if log_dir is not None else user_log_dir(tgt),
+                                  "`log_dir` must be a folder this process can write to")
 
     @functools.cache
     def tools():
