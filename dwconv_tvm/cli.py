@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         # stdout is pointed at /dev/null so that the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the signal
-    except OSError as err:  # a file or folder the command could not write: say which, no traceback
+    except OSError as err:  # a file or folder it could not write, a tuning device that went away: no traceback
         print(f"dwconv-tvm: error: {err}", file=sys.stderr)
         return 1
 

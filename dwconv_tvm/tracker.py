@@ -1,21 +1,28 @@
-"""The TVM RPC tracker a tuning fleet measures through: its address, checked before tuning.
+"""The TVM RPC tracker a tuning fleet measures through: its address, checked before tuning,
+and its device, watched while measurements wait.
 
 MetaSchedule's RPC runner connects in worker threads: an address where no tracker listens, or a
 device key no server registered, shows up there as stack traces per candidate (or as a wait
 without end), and the tuning run ends with no records. Checking once, up front, turns those
-into one clear error.
+into one clear error. A device that goes away during the run (unplugged, rebooted, its server
+killed) leaves the runner's next request waiting at the tracker for ever: `DeviceWatch` asks
+the tracker while a measurement is pending and gives up once the key has had no server for
+`REGISTRATION_WAIT_S`.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
+from collections.abc import Callable
 
 CONNECT_TIMEOUT_S = 10.0
 # A server started just before the tuner (the loopback test's) registers with the tracker a
 # moment after it listens.
 REGISTRATION_WAIT_S = 10.0
+WATCH_INTERVAL_S = 2.0  # how often `DeviceWatch` asks the tracker while a measurement is pending
 
 
 def parse_tracker(rpc_tracker: str | None, rpc_key: str | None) -> tuple[str, int, str] | None:
@@ -58,7 +65,66 @@ def check_tracker(host: str, port: int, key: str) -> None:
         time.sleep(0.5)
 
 
+def missing_device(host: str, port: int, key: str) -> str | None:
+    """None while a server (or an RPC proxy's device) is registered with the tracker under
+    `key`, busy or free; else why not: the tracker's answer or why it did not answer."""
+    address = f"{host}:{port}"
+    try:
+        keys = _registered_keys(host, port, address)
+    except ValueError as err:
+        return str(err)
+    return None if key in keys else f"no device is registered under `rpc_key`={key!r} at `rpc_tracker`={address!r} any more"
+
+
+class DeviceWatch:
+    """Watches one device key at a tracker while measurements wait for it.
+
+    Args:
+        host, port, key: The tracker and the device key (`parse_tracker`'s result).
+        on_lost: Called once, with the reason, when the device is given up (e.g. to stop the
+            tuner and end the runner's waiting worker processes).
+    """
+
+    def __init__(self, host: str, port: int, key: str, on_lost: Callable[[str], None]):
+        self.host, self.port, self.key, self.on_lost = host, port, key, on_lost
+        self.lost: str | None = None  # why the device was given up, once it was
+        self._lock = threading.Lock()
+
+    def wait(self, done: Callable[[], bool]) -> bool:
+        """Waits until `done()`; False, without waiting on, once the device is lost (its key
+        without a server for `REGISTRATION_WAIT_S`, which covers a server that restarts)."""
+        next_check = time.monotonic() + WATCH_INTERVAL_S
+        missing_since = None
+        while not done():
+            if self.lost is not None:
+                return False
+            time.sleep(0.005)
+            now = time.monotonic()
+            if now < next_check:
+                continue
+            next_check = now + WATCH_INTERVAL_S
+            reason = missing_device(self.host, self.port, self.key)
+            if reason is None:
+                missing_since = None
+            elif missing_since is None:
+                missing_since = now
+            elif now - missing_since >= REGISTRATION_WAIT_S:
+                self.give_up(reason)
+                return False
+        return True
+
+    def give_up(self, reason: str) -> None:
+        with self._lock:
+            if self.lost is not None:
+                return
+            self.lost = reason
+        self.on_lost(reason)
+
+
 def _registered_keys(host: str, port: int, address: str) -> set[str]:
+    """The device keys servers have registered with the tracker: `server:KEY` for an RPC
+    server, `server:proxy[KEY,...]` for the devices of an RPC proxy. (Its queue list also
+    names keys that clients only asked for, which no server may ever serve.)"""
     from tvm.rpc import base
 
     not_a_tracker = ValueError(f"`rpc_tracker`={address!r} answers, but not as a TVM RPC tracker.")
@@ -76,6 +142,11 @@ def _registered_keys(host: str, port: int, address: str) -> set[str]:
     if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == base.TrackerCode.SUCCESS
             and isinstance(reply[1], dict)):
         raise not_a_tracker
-    summary = reply[1]
-    servers = {str(s.get("key", "")).partition(":")[2] for s in summary.get("server_info", [])}
-    return set(summary.get("queue_info", {})) | servers
+    keys = set()
+    for server in reply[1].get("server_info", []):
+        name = str(server.get("key", "") if isinstance(server, dict) else "").partition(":")[2]
+        if name.startswith("proxy[") and name.endswith("]"):
+            keys.update(k for k in name[len("proxy["):-1].split(",") if k)
+        elif name:
+            keys.add(name)
+    return keys

@@ -36,7 +36,7 @@ from .runtime import aligned_copy
 from .spec import DepthwiseSpec
 from .targets import TargetLike, resolve_target, target_key
 from .timing import alternating_order, seconds_per_call
-from .tracker import check_tracker, parse_tracker
+from .tracker import DeviceWatch, check_tracker, parse_tracker
 
 
 def _f_build(mod, target, _params):
@@ -201,6 +201,62 @@ class _ThroughRunner:
             if not result.error_msg:
                 results[k] = [float(t) for t in result.run_secs]
         return results
+
+
+@functools.cache
+def _watched_runner_class():
+    """MetaSchedule runner classes are made by TVM's `derived_object` (which needs TVM), so the
+    watched runner is defined on first use."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
+
+    @derived_object
+    class WatchedFuture(PyRunnerFuture):
+        def __init__(self, inner, watch: DeviceWatch):
+            super().__init__()
+            self.inner, self.watch = inner, watch
+
+        def done(self) -> bool:
+            return self.watch.lost is not None or self.inner.done()
+
+        def result(self):
+            if self.inner is not None and self.watch.wait(self.inner.done):
+                return self.inner.result()
+            return RunnerResult(None, error_msg=f"RPC device lost: {self.watch.lost}")
+
+    @derived_object
+    class WatchedRunner(PyRunner):
+        """An RPC runner whose futures wait under a `DeviceWatch`: its own wait on the tracker
+        has no end when the device is gone."""
+
+        def __init__(self, inner, watch: DeviceWatch):
+            super().__init__()
+            self.inner, self.watch = inner, watch
+
+        def run(self, runner_inputs):
+            if self.watch.lost is not None:  # the inner runner's workers are ended
+                return [WatchedFuture(None, self.watch) for _ in runner_inputs]
+            return [WatchedFuture(f, self.watch) for f in self.inner.run(runner_inputs)]
+
+    return WatchedRunner
+
+
+def _end_workers(pool) -> None:
+    """Ends a TVM `PopenPoolExecutor` whose worker waits at the tracker for a device that is
+    gone: its queued jobs are cancelled (each would start a worker that waits the same way),
+    then its worker processes killed. The threads reading from them see the end of their pipes
+    and clean up themselves; `pool.shutdown` would close those pipes under the reading threads,
+    which blocks on the readers' locks (TVM 0.27)."""
+    pool._threadpool.shutdown(wait=False, cancel_futures=True)
+    for worker in list(pool._worker_map.values()):
+        process = worker._proc
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.kill()
+    pool._threadpool.shutdown(wait=True)
+    # Marked shut down here: left to the pool's __del__, the shutdown can run in one of its own
+    # threads (a garbage collection there) and fail to join it.
+    pool.shutdown()
 
 
 def _remove_artifacts(built) -> None:
@@ -630,6 +686,9 @@ def tune(
         ValueError: On a bad argument: among them a `log_dir` or `curve` folder that cannot be
             written, and an `rpc_tracker` where no TVM RPC tracker answers or that has no device
             registered under `rpc_key` (checked before tuning starts).
+        ConnectionError: If the device under `rpc_key` goes away during the run (no server
+            holds the key at the tracker, or the tracker does not answer, for 10 s); the
+            records measured until then are kept.
         ImportError: If `curve` is given and matplotlib is not installed.
     """
     from tvm.s_tir import meta_schedule as ms
@@ -666,7 +725,13 @@ def tune(
         if tracker is None:
             return builder, ms.runner.LocalRunner(evaluator_config=evaluator)
         config = ms.runner.RPCConfig(*tracker, session_timeout_sec=60)
-        return builder, ms.runner.RPCRunner(config, evaluator_config=evaluator)
+        return builder, _watched_runner_class()(ms.runner.RPCRunner(config, evaluator_config=evaluator), watch)
+
+    def device_lost(reason: str) -> None:
+        stop.set()  # the tuner's stop event (bound below, before anything is measured): ends every phase
+        _end_workers(tools()[1].inner.pool)
+
+    watch = None if tracker is None else DeviceWatch(*tracker, on_lost=device_lost)
 
     end = time.monotonic() + budget
     favored: list[tuple] = []
@@ -724,6 +789,11 @@ def tune(
                 if not stop.is_set():
                     _final_check(spec, mods, rule, tgt, database, workloads, measure, folder, spec_progress)
             spec_progress.pause()
+        if watch is not None and watch.lost is not None:
+            raise ConnectionError(
+                f"Tuning stopped: {watch.lost}. The records measured before that are kept in {folder}; "
+                "run the same tuning again to resume once the device is back."
+            )
     curves = {spec.key: spec_progress.curve for spec, _, spec_progress, _ in jobs}
     if curve is not None:
         write_curve(curves, Path(curve), title=f"Tuning {target_key(tgt)}")

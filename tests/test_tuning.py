@@ -1,5 +1,6 @@
 """Tuning with MetaSchedule (tiny trial counts, temporary log folders) and applying records."""
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -686,6 +688,50 @@ def test_tune_through_an_rpc_tracker(tmp_path):
     assert len(verdict["median_us"]) == 3 and all(us > 0 for us in verdict["median_us"].values())
 
 
+def test_tune_stops_with_the_records_kept_when_the_device_goes_away(tmp_path, monkeypatch):
+    # The runner's request for the next session waited at the tracker for ever once the server
+    # had died: the tuner hung with no message. The sweep's second group of candidates now finds
+    # the key gone and the run ends with a ConnectionError, the first group's records kept.
+    from tvm.s_tir.meta_schedule.testing.local_rpc import LocalRPC
+
+    from dwconv_tvm import tracker
+
+    monkeypatch.setattr(tracker, "REGISTRATION_WAIT_S", 1.0)
+    monkeypatch.setattr(tracker, "WATCH_INTERVAL_S", 0.2)
+    monkeypatch.setattr(tuning, "SWEEP_GROUP", 2)
+    measured_groups = []
+    side_by_side = tuning._ThroughRunner.side_by_side
+
+    with LocalRPC(tracker_key="dwconv-test", silent=True) as rpc:
+        def then_lose_the_device(self, mods, rounds):
+            samples = side_by_side(self, mods, rounds)
+            measured_groups.append(samples)
+            rpc.server.terminate()
+            return samples
+
+        monkeypatch.setattr(tuning._ThroughRunner, "side_by_side", then_lose_the_device)
+        earlier_workers = _popen_workers()  # of other tests' pools, not yet collected
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match=r"no device is registered under `rpc_key`='dwconv-test'.*kept in"):
+            tuning.tune(SPEC, "host", trials=4, log_dir=tmp_path / "db",
+                        rpc_tracker=f"{rpc.tracker_host}:{rpc.tracker_port}", rpc_key="dwconv-test")
+        assert time.monotonic() - start < 120
+    assert len(measured_groups) == 2 and all(measured_groups[0]) and not any(measured_groups[1])
+    assert len(_records(tmp_path / "db")) == 2  # the first group's, in a database that loads
+    assert _popen_workers() <= earlier_workers  # the runner's worker, waiting at the tracker, was ended
+
+
+def _popen_workers() -> set[str]:
+    """Process ids of this process's TVM pool workers (from /proc: no procps needed)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            if parent == os.getpid() and b"popen_worker" in (stat.parent / "cmdline").read_bytes():
+                found.add(stat.parent.name)
+    return found
+
+
 def _free_port() -> int:
     import socket
 
@@ -724,7 +770,54 @@ def test_tune_names_a_tracker_it_cannot_use_before_tuning(tmp_path, monkeypatch)
         with pytest.raises(ValueError, match=r"under `rpc_key`='other'.*\['dwconv-test'\]"):
             tuning.tune(SPEC, "host", trials=1, log_dir=folder, rpc_tracker=f"{rpc.tracker_host}:{rpc.tracker_port}",
                         rpc_key="other")
+        # A key that a client asked for is in the tracker's queue list, but no server serves it:
+        # a tuner requesting it would wait for ever.
+        from tvm import rpc as tvm_rpc
+
+        waiting = tvm_rpc.connect_tracker(rpc.tracker_host, rpc.tracker_port)
+        threading.Thread(target=lambda: waiting.request("ghost", session_timeout=1), daemon=True).start()
+        observer = tvm_rpc.connect_tracker(rpc.tracker_host, rpc.tracker_port)  # its own connection
+        deadline = time.monotonic() + 10
+        while "ghost" not in observer.summary()["queue_info"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "ghost" in observer.summary()["queue_info"]
+        with pytest.raises(ValueError, match=r"under `rpc_key`='ghost'.*\['dwconv-test'\]"):
+            tuning.tune(SPEC, "host", trials=1, log_dir=folder, rpc_tracker=f"{rpc.tracker_host}:{rpc.tracker_port}",
+                        rpc_key="ghost")
     assert not folder.exists()  # nothing was started
+
+
+def test_tracker_keys_are_those_of_servers_and_proxied_devices():
+    # An RPC proxy registers as `server:proxy[KEY,...]`; clients' requests add queue entries
+    # for keys that no server may serve.
+    import socket
+    import struct
+
+    from tvm.rpc import base
+
+    from dwconv_tvm import tracker
+
+    summary = {"queue_info": {"asked-only": {"free": 0, "pending": 1}, "board": {"free": 1, "pending": 0}},
+               "server_info": [{"key": "server:board", "addr": ["10.0.0.2", 9091]},
+                               {"key": "server:proxy[phone,tablet]", "addr": [None, 9090]}]}
+    with socket.create_server(("127.0.0.1", 0)) as fake:
+        def answer():
+            for _ in range(4):
+                conn, _ = fake.accept()
+                with conn:
+                    base.recvall(conn, 4)
+                    conn.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+                    base.recvjson(conn)
+                    base.sendjson(conn, [base.TrackerCode.SUCCESS, summary])
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        port = fake.getsockname()[1]
+        for key in ("board", "phone", "tablet"):
+            assert tracker.missing_device("127.0.0.1", port, key) is None
+        assert "no device is registered under `rpc_key`='asked-only'" in tracker.missing_device("127.0.0.1", port, "asked-only")
+        thread.join(timeout=10)
+    assert "Cannot reach" in tracker.missing_device("127.0.0.1", port, "board")  # nothing listens now
 
 
 def test_tune_names_a_log_or_curve_folder_it_cannot_write(tmp_path):
