@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 
@@ -54,7 +53,7 @@ def check_tracker(host: str, port: int, key: str) -> None:
     address = f"{host}:{port}"
     deadline = time.monotonic() + REGISTRATION_WAIT_S
     while True:
-        keys = _registered_keys(host, port, address)
+        keys = _registered_keys(host, port)
         if key in keys:
             return
         if time.monotonic() > deadline:
@@ -70,7 +69,7 @@ def missing_device(host: str, port: int, key: str) -> str | None:
     `key`, busy or free; else why not: the tracker's answer or why it did not answer."""
     address = f"{host}:{port}"
     try:
-        keys = _registered_keys(host, port, address)
+        keys = _registered_keys(host, port)
     except ValueError as err:
         return str(err)
     return None if key in keys else f"no device is registered under `rpc_key`={key!r} at `rpc_tracker`={address!r} any more"
@@ -88,7 +87,6 @@ class DeviceWatch:
     def __init__(self, host: str, port: int, key: str, on_lost: Callable[[str], None]):
         self.host, self.port, self.key, self.on_lost = host, port, key, on_lost
         self.lost: str | None = None  # why the device was given up, once it was
-        self._lock = threading.Lock()
 
     def wait(self, done: Callable[[], bool]) -> bool:
         """Waits until `done()`; False, without waiting on, once the device is lost (its key
@@ -109,24 +107,19 @@ class DeviceWatch:
             elif missing_since is None:
                 missing_since = now
             elif now - missing_since >= REGISTRATION_WAIT_S:
-                self.give_up(reason)
+                self.lost = reason  # set first: the runner's later futures fail without waiting
+                self.on_lost(reason)
                 return False
         return True
 
-    def give_up(self, reason: str) -> None:
-        with self._lock:
-            if self.lost is not None:
-                return
-            self.lost = reason
-        self.on_lost(reason)
 
-
-def _registered_keys(host: str, port: int, address: str) -> set[str]:
+def _registered_keys(host: str, port: int) -> set[str]:
     """The device keys servers have registered with the tracker: `server:KEY` for an RPC
     server, `server:proxy[KEY,...]` for the devices of an RPC proxy. (Its queue list also
     names keys that clients only asked for, which no server may ever serve.)"""
     from tvm.rpc import base
 
+    address = f"{host}:{port}"
     not_a_tracker = ValueError(f"`rpc_tracker`={address!r} answers, but not as a TVM RPC tracker.")
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as sock:
