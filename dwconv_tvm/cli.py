@@ -144,6 +144,8 @@ def _info(args: argparse.Namespace) -> int:
     from .records import best_record, has_shipped_logs, shipped_keys, shipped_log_dir, user_log_dir
 
     tgt = resolve_target(args.target)
+    # Bad layer arguments fail before any line is printed, as in the other commands.
+    specs = _specs_from_args(args) if args.model or args.input_shape else []
     print(f"dwconv-tvm {__version__}, TVM {tvm.__version__}")
     print(f"target: {tgt}")
     print(f"target key: {target_key(tgt)}")
@@ -155,24 +157,23 @@ def _info(args: argparse.Namespace) -> int:
         print(f"no shipped logs for {target_key(tgt)} (shipped: {', '.join(shipped_keys()) or 'none'}): untuned "
               "layers run the hand-written defaults; `dwconv-tvm tune --model mobilenet_v2 --time-budget 5m"
               f"{'' if args.target in (None, 'host') else ' --target ' + shlex.quote(str(args.target))}` tunes for it")
-    if args.model or args.input_shape:
-        for spec in _specs_from_args(args):
-            found = best_record(spec, tgt)
-            if found is None:
-                used = "hand-written default (direct)"
+    for spec in specs:
+        found = best_record(spec, tgt)
+        if found is None:
+            used = "hand-written default (direct)"
+        else:
+            source, _, related = found.source.partition("-")
+            via = ", the record of the same convolution with another epilogue" if related else ""
+            algorithm = "Winograd F(2,3)" if found.algorithm == "winograd" else "direct"
+            if found.kept_default:
+                used = (f"hand-written default (direct), kept by the side-by-side check ({source} logs{via}), "
+                        f"{found.seconds * 1e6:.1f} us")
+            elif found.default_seconds is not None:
+                used = (f"tuned {algorithm} ({source} logs{via}), {found.seconds * 1e6:.1f} us side by side "
+                        f"with the default's {found.default_seconds * 1e6:.1f} us")
             else:
-                source, _, related = found.source.partition("-")
-                via = ", the record of the same convolution with another epilogue" if related else ""
-                algorithm = "Winograd F(2,3)" if found.algorithm == "winograd" else "direct"
-                if found.kept_default:
-                    used = (f"hand-written default (direct), kept by the side-by-side check ({source} logs{via}), "
-                            f"{found.seconds * 1e6:.1f} us")
-                elif found.default_seconds is not None:
-                    used = (f"tuned {algorithm} ({source} logs{via}), {found.seconds * 1e6:.1f} us side by side "
-                            f"with the default's {found.default_seconds * 1e6:.1f} us")
-                else:
-                    used = f"tuned {algorithm} ({source} logs{via}), recorded {found.seconds * 1e6:.1f} us"
-            print(f"{spec.key}: {used}")
+                used = f"tuned {algorithm} ({source} logs{via}), recorded {found.seconds * 1e6:.1f} us"
+        print(f"{spec.key}: {used}")
     return 0
 
 

@@ -41,6 +41,14 @@ def test_info_says_when_a_target_has_no_shipped_logs():
     assert shipped.returncode == 0 and "no shipped logs" not in shipped.stdout
 
 
+def test_info_rejects_bad_layer_arguments_before_printing():
+    # A half-printed report above an error reads as if the target part were fine to act on.
+    result = _cli("info", "--model", "mobilenet_v2", "--batch", "0")
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "`batch` must be > 0" in result.stderr
+
+
 @pytest.mark.parametrize("buffered", [False, True])
 def test_output_into_a_closed_pipe_ends_quietly(buffered):
     # As `dwconv-tvm info --model mobilenet_v2 | head -1`: the reader leaves early. Unbuffered
