@@ -775,7 +775,15 @@ def test_tune_names_a_tracker_it_cannot_use_before_tuning(tmp_path, monkeypatch)
         from tvm import rpc as tvm_rpc
 
         waiting = tvm_rpc.connect_tracker(rpc.tracker_host, rpc.tracker_port)
-        threading.Thread(target=lambda: waiting.request("ghost", session_timeout=1), daemon=True).start()
+
+        def ask_for_ghost():
+            # Ends when the tracker closes at the end of the test (one try, no reconnecting):
+            # a request left waiting would log into pytest's closed streams at exit.
+            with contextlib.suppress(RuntimeError):
+                waiting.request("ghost", session_timeout=1, max_retry=1)
+
+        asking = threading.Thread(target=ask_for_ghost, daemon=True)
+        asking.start()
         observer = tvm_rpc.connect_tracker(rpc.tracker_host, rpc.tracker_port)  # its own connection
         deadline = time.monotonic() + 10
         while "ghost" not in observer.summary()["queue_info"] and time.monotonic() < deadline:
@@ -784,6 +792,8 @@ def test_tune_names_a_tracker_it_cannot_use_before_tuning(tmp_path, monkeypatch)
         with pytest.raises(ValueError, match=r"under `rpc_key`='ghost'.*\['dwconv-test'\]"):
             tuning.tune(SPEC, "host", trials=1, log_dir=folder, rpc_tracker=f"{rpc.tracker_host}:{rpc.tracker_port}",
                         rpc_key="ghost")
+    asking.join(timeout=30)
+    assert not asking.is_alive()
     assert not folder.exists()  # nothing was started
 
 
