@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import threading
 
 _session_dir = tempfile.mkdtemp(prefix="dwconv-tvm-tests-")
 # Set before dwconv_tvm or keras is imported anywhere in the session.
@@ -16,3 +17,17 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def run_in_threads():
+    """Runs `work(i)` on `count` threads at once, i = 0..count-1, and waits for all of them."""
+
+    def run(work, count: int = 6) -> None:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    return run

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import numpy as np
 import pytest
@@ -164,6 +165,80 @@ def test_op_argument_errors(rng):
     no_bias = dwconv_tvm.compile(DepthwiseSpec.from_keras((1, 11, 9, 6), 3, use_bias=False))
     with pytest.raises(ValueError, match="`bias` must be None"):
         no_bias(x, k[..., :1], b)
+
+
+def _op_arguments(rng, scale=1.0):
+    x = rng.standard_normal(SPEC.input_shape).astype(np.float32) * np.float32(scale)
+    return x, rng.standard_normal(SPEC.kernel_shape).astype(np.float32), rng.standard_normal(SPEC.bias_shape).astype(np.float32)
+
+
+def _op_expected(x, k, b):
+    return np.maximum(depthwise(x, k, b, strides=(2, 2), padding="same"), 0)
+
+
+def test_op_reuses_dropped_outputs_and_never_held_ones(rng):
+    op = dwconv_tvm.compile(SPEC)
+    x, k, b = _op_arguments(rng)
+    first = op(x, k, b)
+    assert first.ctypes.data % 64 == 0
+    pooled = weakref.ref(first)
+    del first
+    again = op(x, k, b)
+    assert again is pooled()  # dropped, so reused
+    np.testing.assert_allclose(again, _op_expected(x, k, b), atol=1e-5)
+    kept = again[0, 1:]  # a view holds the buffer
+    values = kept.copy()
+    del again
+    later = [op(x * np.float32(s), k, b) for s in (2.0, 3.0, 4.0)]
+    assert not any(np.shares_memory(kept, z) for z in later)
+    np.testing.assert_array_equal(kept, values)
+    for s, z in zip((2.0, 3.0, 4.0), later):
+        np.testing.assert_allclose(z, _op_expected(x * np.float32(s), k, b), atol=1e-4)
+    # Arguments off the fast path: a strided view (copied), a read-only array, another dtype object.
+    strided = np.repeat(x, 2, axis=3)[..., ::2]
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    for variant in (strided, readonly, x.astype(np.dtype(np.float32, metadata={"unit": "m"}))):
+        np.testing.assert_allclose(op(variant, k, b), _op_expected(x, k, b), atol=1e-5)
+    with pytest.raises(TypeError, match="`x` must have dtype float32"):
+        op(x.astype(">f4"), k, b)
+
+
+def test_op_concurrent_calls_from_threads(rng, run_in_threads):
+    # Each thread compares a result it holds while the others call: a pooled array handed to
+    # another thread too early would be overwritten under it.
+    op = dwconv_tvm.compile(SPEC)
+    _, k, b = _op_arguments(rng)
+    inputs = [_op_arguments(rng)[0] for _ in range(6)]
+    expected = [op(x, k, b).copy() for x in inputs]
+    errors = []
+
+    def work(i):
+        for r in range(60):
+            j = (i + r) % len(inputs)
+            y = op(inputs[j], k, b)
+            if not np.array_equal(y, expected[j]):
+                errors.append(j)
+
+    run_in_threads(work)
+    assert errors == []
+
+
+def test_op_keeps_no_large_outputs_alive(rng, monkeypatch):
+    # Ops stay in the process's compile cache: a pool there would hold its outputs for good.
+    from dwconv_tvm import runtime
+
+    cached = dwconv_tvm.compile(SPEC)
+    x, k, b = _op_arguments(rng)
+    nbytes = int(np.prod(SPEC.output_shape)) * 4
+    for limit, kept in ((nbytes, True), (nbytes - 1, False)):
+        monkeypatch.setattr(runtime, "POOLED_OUTPUT_BYTES", limit)
+        op = runtime.CompiledOp(cached.module, SPEC, cached.target, cached.schedule)
+        y = op(x, k, b)
+        np.testing.assert_allclose(y, _op_expected(x, k, b), atol=1e-5)
+        ref = weakref.ref(y)
+        del y
+        assert (ref() is not None) == kept
 
 
 def _aliasing_out(x):

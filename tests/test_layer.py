@@ -4,7 +4,6 @@ import copy
 import json
 import pickle
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -482,7 +481,7 @@ def test_torch_hot_path_results_and_pooled_outputs(rng):
     np.testing.assert_allclose(layer(t).numpy(), expected(x), atol=1e-5)
 
 
-def test_concurrent_calls_from_threads(rng):
+def test_concurrent_calls_from_threads(rng, run_in_threads):
     layer = DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="gelu")
     inputs = [rng.standard_normal((1, 12, 12, 8)).astype(np.float32) for _ in range(6)]
     expected = [layer(x) for x in inputs]
@@ -494,23 +493,15 @@ def test_concurrent_calls_from_threads(rng):
             if not np.array_equal(layer(inputs[j]), expected[j]):
                 errors.append(j)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work)
     assert errors == []
 
 
-def test_concurrent_first_calls_build_once(rng):
+def test_concurrent_first_calls_build_once(rng, run_in_threads):
     layer = DepthwiseConv2D(3, padding="same")
     x = rng.standard_normal((1, 9, 9, 3)).astype(np.float32)
     results = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, layer(x))) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(lambda i: results.__setitem__(i, layer(x)))
     assert all(np.array_equal(results[0], r) for r in results.values())
     np.testing.assert_allclose(results[0], depthwise(x, layer.kernel, layer.bias, padding="same"), atol=1e-5)
 
