@@ -311,7 +311,9 @@ def layer_overhead_us(repeats: int = 7, number: int = 20000) -> dict:
     """The layer's own per-call cost on a tiny shape: `layer(x)` minus the bare kernel call.
 
     Returns:
-        `{"layer_us", "kernel_us", "overhead_us"}`, best of `repeats`.
+        `{"layer_us", "kernel_us", "overhead_us"}`, best of `repeats` each, the two timed in
+        turns so that both see the same phases of a shared machine (timed one after the other,
+        a slow phase over the kernel's repeats once gave -0.34 us).
     """
     import timeit
 
@@ -321,9 +323,12 @@ def layer_overhead_us(repeats: int = 7, number: int = 20000) -> dict:
     op = layer._op(x.shape, None)
     out = np.empty(op.spec.output_shape, np.float32)
     kernel, bias, fn = layer.kernel, layer.bias, op._fn
-    layer_us = min(timeit.repeat(lambda: layer(x), number=number, repeat=repeats)) / number * 1e6
-    kernel_us = min(timeit.repeat(lambda: fn(x, kernel, bias, out), number=number, repeat=repeats)) / number * 1e6
-    return {"layer_us": layer_us, "kernel_us": kernel_us, "overhead_us": layer_us - kernel_us}
+    calls = {"layer_us": lambda: layer(x), "kernel_us": lambda: fn(x, kernel, bias, out)}
+    best = dict.fromkeys(calls, math.inf)
+    for _ in range(repeats):
+        for name, call in calls.items():
+            best[name] = min(best[name], timeit.timeit(call, number=number) / number * 1e6)
+    return {**best, "overhead_us": best["layer_us"] - best["kernel_us"]}
 
 
 def geomean(values: list[float]) -> float:

@@ -83,3 +83,17 @@ def test_bench_command_names_a_bad_argument_before_timing(flags, needle, tmp_pat
     flags = [f.format(blocker=blocker) for f in flags]
     assert cli.main(["bench", "--model", "mobilenet_v1", "--out", str(tmp_path / "out"), *flags]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_layer_overhead_times_layer_and_kernel_in_turns(monkeypatch):
+    # Both are timed in alternating repeats (one after the other, a slow phase over the
+    # kernel's repeats once gave a negative overhead); each figure is its best repeat.
+    import timeit
+
+    timed = []
+    real = timeit.timeit
+    monkeypatch.setattr(timeit, "timeit", lambda call, number: timed.append(call) or real(call, number=number))
+    figures = bench.layer_overhead_us(repeats=3, number=50)
+    assert len(timed) == 6 and len({timed[0], timed[1]}) == 2 and timed[0::2] == [timed[0]] * 3
+    assert figures["overhead_us"] == pytest.approx(figures["layer_us"] - figures["kernel_us"])
+    assert 0 < figures["kernel_us"] and 0 < figures["layer_us"]
