@@ -14,7 +14,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from . import cache
+from . import cache, prefetch
 from .runtime import CompiledOp
 from .spec import DepthwiseSpec
 from .targets import TargetLike, required_cpu_features, resolve_target, target_key
@@ -137,7 +137,7 @@ def build_executable(spec: DepthwiseSpec, target, scheduled: tuple | None = None
     import tvm
 
     mod, schedule_name = scheduled or schedule_for(spec, target)
-    return tvm.compile(mod, target=with_llvm_host(target)), schedule_name
+    return tvm.compile(prefetch.apply(mod), target=with_llvm_host(target)), schedule_name
 
 
 def with_llvm_host(target):

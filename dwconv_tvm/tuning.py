@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import cache
+from . import cache, prefetch
 from .compute import algorithms, depthwise_module
 from .records import RECORDS, WORKLOADS, _mean, forget_loaded, record_choice, repair, trace_id, user_log_dir
 from .runtime import aligned_copy
@@ -44,7 +44,7 @@ def _f_build(mod, target, _params):
     which takes longer than its timeout on a 2-core machine."""
     import tvm
 
-    return tvm.tirx.build(mod, target=target)
+    return tvm.tirx.build(prefetch.apply(mod), target=target)
 
 
 # One timing protocol for every record: 3 repeats of at least 40 ms each; a record's latency is
@@ -113,7 +113,7 @@ class _InProcess:
 
         results = []
         for mod in mods:
-            lib = tvm.tirx.build(mod, target=self.target)
+            lib = tvm.tirx.build(prefetch.apply(mod), target=self.target)
             if self.on_cpu:
                 results.append(_time_calls(lib["main"], self.args))
             else:
@@ -128,7 +128,7 @@ class _InProcess:
 
         # The final check times its finalists right after prescreening them: the same module
         # objects, built once (modules hash and compare by identity).
-        built = {mod: self._built[mod] if mod in self._built else tvm.tirx.build(mod, target=self.target)
+        built = {mod: self._built[mod] if mod in self._built else tvm.tirx.build(prefetch.apply(mod), target=self.target)
                  for mod in mods}
         self._built = built
         libs = [built[mod] for mod in mods]

@@ -27,6 +27,7 @@ with fp32 3x3 that is 18 FLOP per >= 8 bytes, so the schedule's job is to stream
 
 from __future__ import annotations
 
+from dwconv_tvm import prefetch
 from dwconv_tvm.spec import DepthwiseSpec
 
 from .common import accumulate_in_registers, has_block, knob
@@ -96,6 +97,38 @@ def tile_window_bytes(spec: DepthwiseSpec, y_tile: int, x_tile: int) -> int:
 # 56x56x144 s2 (2.25 MB) 1.14-1.53x faster than their tuned row-parallel records (28x28x192 s2:
 # 1.02x), tied on 56x56x144 s1 (3.6 MB) and lost 1.16x on 112x112x96 s2 (6 MB).
 CHANNEL_PARALLEL_BYTES = 5 * 2**19
+
+
+# Software prefetch of the input (`dwconv_tvm.prefetch`) for layers whose data comes from DRAM.
+# The knob exists from `PREFETCH_BYTES` of input + output per call and is on by default from
+# `PREFETCH_DEFAULT_BYTES` in row-parallel schedules. znver4 (32 MB of L3, shared), template
+# defaults, back to back: batch 8 112x112x96 s2 (48 MB) 1.28x, 112x112x32 (26 MB) Winograd
+# 1.15x, 56x56x144 s1 (29 MB) 1.17-1.21x with the data from DRAM; 56x56x144 s2 (18 MB, channel
+# chunks) 0.90x, and the batch-1 layers of 3-4 MB, whose data stays in L2/L3, 0.94-0.98x.
+PREFETCH_BYTES = 8 * 2**20
+PREFETCH_DEFAULT_BYTES = 24 * 2**20
+# Register tiles ahead: 1 and 2 gained 1.17-1.21x from DRAM on 56x56x144 s1, 4 1.10-1.13x.
+PREFETCH_DISTANCE = 2
+
+
+def _prefetch_knob(sch, spec: DepthwiseSpec, loop, tile: tuple[int, int], step: tuple[int, int], vectors: int,
+                   lanes: int, row_parallel: bool) -> None:
+    """Marks `loop`, the channel loop of a register tile of `tile` output rows x columns that
+    moves `step` input rows x columns from one tile to the next, for a prefetch of the input
+    that the tile `PREFETCH_DISTANCE` to the right adds (its new rows x new columns), where the
+    layer's data is large enough to offer it and the knob says so."""
+    inputs = spec.height * spec.width * spec.channels
+    outputs = spec.out_height * spec.out_width * spec.out_channels
+    data_bytes = spec.batch * (inputs + outputs) * spec.itemsize
+    if data_bytes < PREFETCH_BYTES:
+        return
+    if not knob(sch, [0, 1], int(row_parallel and data_bytes >= PREFETCH_DEFAULT_BYTES)):
+        return
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilation
+    window = ((tile[0] - 1) * sh + (kh - 1) * dh + 1, (tile[1] - 1) * sw + (kw - 1) * dw + 1)
+    new_rows, new_cols = (min(w, s) for w, s in zip(window, step))
+    sch.annotate(loop, prefetch.ANNOTATION, prefetch.plan(
+        window[0] - new_rows, new_rows, PREFETCH_DISTANCE * step[1] + window[1] - new_cols, new_cols, vectors, lanes))
 
 
 def default_chunks(window_bytes: int, candidates: list[int]) -> int:
@@ -202,6 +235,8 @@ def _schedule_nhwc(sch, spec: DepthwiseSpec, lanes: int) -> None:
             sch.reorder(n, yo, xo, oo, yi, xi, ob, oi)
         sch.parallel(sch.fuse(*[n, yo, xo][:depth]))
     accumulate_in_registers(sch, oo, 4, vectorize_innermost=True, scope="global")
+    _prefetch_knob(sch, spec, oo, (y_tile, x_tile), (y_tile * spec.strides[0], x_tile * spec.strides[1]), blocks, vec,
+                   row_parallel=depth != 1)
     sch.unroll(yi)
     sch.unroll(xi)
     sch.unroll(ob)
@@ -264,6 +299,7 @@ def _schedule_winograd(sch, spec: DepthwiseSpec, lanes: int) -> None:
     sch.unroll(j)
     sch.vectorize(c)
     sch.decompose_reduction(products, ry)
+    _prefetch_knob(sch, spec, oo, (rows, 2), (rows, 2), 1, vec, row_parallel=depth != 1)
     sch.unroll(yi)
     sch.unroll(xr)
     sch.vectorize(oi)

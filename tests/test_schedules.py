@@ -294,3 +294,72 @@ def test_compile_cuda_without_gpu_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DWCONV_TVM_CACHE", str(tmp_path))
     with pytest.raises(RuntimeError, match="cannot run on this machine"):
         dwconv_tvm.compile(CUDA_SPECS[3], {"kind": "cuda", "arch": "sm_80"})
+
+
+def test_prefetch_is_offered_for_layers_beyond_the_caches():
+    from dwconv_tvm import prefetch
+
+    # Batch 1 layers (3-4 MB) stay in the caches: no knob, no prefetch.
+    sch, plan = _plan(DepthwiseSpec.from_keras((1, 56, 56, 144), 3, 1, "same"))
+    assert prefetch.ANNOTATION not in sch.mod.script() and len(plan.sizes) == 5
+    # Batch 8, row tiles of 2 x 4 in parallel: on by default. The tile two to the right adds
+    # input rows 2-3 of its 4 x 6 window and its last 4 columns (2 * 4 + 2 from this tile's first).
+    sch, plan = _plan(DepthwiseSpec.from_keras((8, 56, 56, 144), 3, 1, "same"))
+    assert plan.values == [1, 2, 4, 2, 1, 1] and plan.sizes[-1] == 2
+    assert f'"{prefetch.ANNOTATION}": [2, 2, 10, 4, 1, 16]' in sch.mod.script()
+    # Stride 2 with channel chunks in parallel (18 MB): offered, off by default.
+    sch, plan = _plan(DepthwiseSpec.from_keras((8, 56, 56, 144), 3, 2, "same"))
+    assert plan.values[3] == 1 and plan.sizes[-1] == 2 and plan.values[-1] == 0
+    assert prefetch.ANNOTATION not in sch.mod.script()
+    # Winograd, 7-row tiles of one column pair: rows 2-8 of 9, columns 2 * 2 + 2 and + 3.
+    from tvm import s_tir
+
+    spec = DepthwiseSpec.from_keras((8, 56, 56, 144), 3, 1, "same")
+    sch = s_tir.Schedule(dwconv_tvm.compute.depthwise_module(spec, "winograd"))
+    cpu_schedule.schedule(sch, spec, AVX512)
+    assert f'"{prefetch.ANNOTATION}": [2, 7, 6, 2, 1, 16]' in sch.mod.script()
+
+
+@pytest.mark.parametrize("algorithm,shape,kernel,strides,dilation", [
+    ("direct", (2, 10, 12, 32), 3, 1, 1),
+    ("direct", (1, 9, 11, 32), 5, 2, 1),
+    ("direct", (1, 12, 13, 16), 3, 1, 2),
+    ("winograd", (2, 10, 12, 32), 3, 1, 1),
+])
+def test_every_knob_combination_with_prefetch_is_exact(algorithm, shape, kernel, strides, dilation, rng, monkeypatch):
+    # Prefetches read ahead of the tile, past the last row and column at the borders (clamped
+    # there): every layout and tile with them must still give the reference (those without are
+    # the other tests' spaces).
+    from knob_checks import assert_every_knob_combination_matches
+    from reference import depthwise
+
+    monkeypatch.setattr(cpu_schedule, "PREFETCH_BYTES", 0)
+    spec = DepthwiseSpec.from_keras(shape, kernel, strides, "same", dilation_rate=dilation)
+    x, k, b = (rng.standard_normal(s).astype("float32") for s in (spec.input_shape, spec.kernel_shape, spec.bias_shape))
+    want = depthwise(x, k, b, (strides,) * 2, "same", (dilation,) * 2)
+    assert_every_knob_combination_matches(spec, algorithm, HOST, (x, k, b), want, min_space=3, last_decision=1)
+
+
+def test_prefetch_survives_trace_replay_and_reaches_the_machine_code(monkeypatch):
+    # Tuning records keep the decision as a loop annotation in their traces; every build turns
+    # it into prefetch instructions (`prefetcht1` on x86: into L2).
+    import tvm
+    from tvm import s_tir
+
+    from dwconv_tvm import prefetch
+
+    monkeypatch.setattr(cpu_schedule, "PREFETCH_BYTES", 0)
+    spec = DepthwiseSpec.from_keras((1, 16, 16, 32), 3, 1, "same")
+    _, default = _plan(spec, target=AVX512)
+    tuned, plan = _plan(spec, (*default.chosen[:-1], 1), AVX512)
+    assert plan.values[-1] == 1
+    replayed = s_tir.Schedule(dwconv_tvm.compute.depthwise_module(spec))
+    tuned.trace.apply_to_schedule(replayed, remove_postproc=False)
+    rewritten = prefetch.apply(replayed.mod)
+    assert 'T.sblock("prefetch")' in rewritten.script() and prefetch.ANNOTATION not in rewritten.script()
+    asm = tvm.compile(rewritten, target=AVX512).mod.inspect_source("s")
+    assert "prefetcht1" in asm
+    untouched, _ = _plan(spec, (*default.chosen[:-1], 0), AVX512)
+    plain = untouched.mod
+    assert prefetch.apply(plain) is plain
+    assert "prefetch" not in tvm.compile(plain, target=AVX512).mod.inspect_source("s")
