@@ -5,13 +5,14 @@ from DRAM, and a register tile reads it in an order the hardware prefetchers do 
 channel vector, a few pixels of each of several rows, 0.5-2 KB apart. A plain copy of the same
 bytes streams at 2-4x the rate. The CPU template marks the channel loop of its register tile
 with `ANNOTATION` (a knob); before compilation, `apply` puts at the top of that loop a prefetch
-into L2 of the lines that the tile `distance` tiles to the right will read and the tiles before
-it have not: its new rows (the upper ones were read by the previous row tile) x its new
-columns, for the channel vectors of this iteration.
+into L2 of the lines that a tile further right (`schedules.cpu.PREFETCH_DISTANCE`) will read and
+the tiles before it have not: its new rows (the upper ones were read by the previous row tile)
+x its new columns, for the channel vectors of this iteration.
 
 TVM 0.27 has no schedule primitive that emits a prefetch, so the template records its decision
-as a loop annotation (which tuning records keep in their traces) and this rewrite, run by every
-build of a scheduled module (`build.compile_module`), inserts the calls.
+as a loop annotation (which tuning records keep in their traces) and this rewrite, run before
+every build of a scheduled module (`build.build_executable`, the tuner's builders), inserts the
+calls.
 """
 
 from __future__ import annotations
@@ -111,9 +112,8 @@ def _tile_origin(loop, data):
             analyzer.bind(iv.var, value)
         for inner in loops:
             analyzer.bind(inner.loop_var, 0)
-        # Bound variables are substituted when the analyzer simplifies; twice, as the block's
-        # variables map to expressions of the inner loops'.
-        return [analyzer.simplify(analyzer.simplify(r.min)) for r in region.region]
+        # Simplifying substitutes the bound variables (the block's, then the inner loops' in theirs).
+        return [analyzer.simplify(r.min) for r in region.region]
     raise ValueError(f"No block under the loop marked {ANNOTATION} reads {data.name}.")
 
 
