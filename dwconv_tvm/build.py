@@ -62,22 +62,34 @@ def schedule_for(spec: DepthwiseSpec, target, use_records: bool = True):
     """
     from tvm import s_tir
 
-    from . import records, schedules
+    from . import records
     from .compute import depthwise_module
 
     if use_records:
         found = records.best_record(spec, target)
         if found is not None:
             return found.schedule.mod, f"tuned:{found.source}:{records.schedule_fingerprint(found.schedule)}"
+    rule = template_for(target)
+    sch = s_tir.Schedule(depthwise_module(spec))
+    rule.schedule(sch, spec, target)
+    return sch.mod, f"default:{target.kind.name}"
+
+
+def template_for(target):
+    """The schedule template module of a resolved target's kind.
+
+    Raises:
+        ValueError: If no schedule exists for the target's kind.
+    """
+    from . import schedules
+
     rule = schedules.for_target(target)
     if rule is None:
         raise ValueError(
             f"No schedule for target kind '{target.kind.name}'. Supported kinds: "
             f"{sorted(schedules.RULES)}."
         )
-    sch = s_tir.Schedule(depthwise_module(spec))
-    rule.schedule(sch, spec, target)
-    return sch.mod, f"default:{target.kind.name}"
+    return rule
 
 
 def kernel_path(spec: DepthwiseSpec, target, schedule_name: str, root: Path | None = None) -> Path:

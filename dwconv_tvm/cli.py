@@ -138,7 +138,8 @@ def _info(args: argparse.Namespace) -> int:
 
     import tvm
 
-    from . import __version__
+    from . import __version__, prefetch
+    from .build import schedule_for, template_for
     from .cache import cache_root
     from .targets import resolve_target, target_key
     from .records import best_record, has_shipped_logs, shipped_keys, shipped_log_dir, user_log_dir
@@ -146,6 +147,8 @@ def _info(args: argparse.Namespace) -> int:
     tgt = resolve_target(args.target)
     # Bad layer arguments fail before any line is printed, as in the other commands.
     specs = _specs_from_args(args) if args.model or args.input_shape else []
+    if specs:
+        template_for(tgt)  # a target kind without a schedule has nothing to report per layer
     print(f"dwconv-tvm {__version__}, TVM {tvm.__version__}")
     print(f"target: {tgt}")
     print(f"target key: {target_key(tgt)}")
@@ -160,11 +163,14 @@ def _info(args: argparse.Namespace) -> int:
     for spec in specs:
         found = best_record(spec, tgt)
         if found is None:
-            used = "hand-written default (direct)"
+            default, _ = schedule_for(spec, tgt, use_records=False)
+            used = f"hand-written default (direct{', input prefetch' if prefetch.marked(default) else ''})"
         else:
             source, _, related = found.source.partition("-")
             via = ", the record of the same convolution with another epilogue" if related else ""
             algorithm = "Winograd F(2,3)" if found.algorithm == "winograd" else "direct"
+            if prefetch.marked(found.schedule.mod):
+                algorithm += " with input prefetch"
             if found.kept_default:
                 used = (f"hand-written default (direct), kept by the side-by-side check ({source} logs{via}), "
                         f"{found.seconds * 1e6:.1f} us")

@@ -29,6 +29,11 @@ def plan(rows_from: int, rows: int, cols_from: int, cols: int, vectors: int, lan
     return [rows_from, rows, cols_from, cols, vectors, lanes]
 
 
+def marked(mod) -> bool:
+    """Whether a scheduled module asks for prefetches (`apply` has something to insert)."""
+    return bool(_annotated_loops(mod["main"].body))
+
+
 def apply(mod):
     """`mod` with the prefetches its annotated loops ask for (unchanged if none is annotated).
 

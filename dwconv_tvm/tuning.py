@@ -693,7 +693,7 @@ def tune(
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from .schedules import for_target
+    from .build import template_for
 
     if isinstance(specs, DepthwiseSpec):
         specs = [specs]
@@ -706,9 +706,7 @@ def tune(
 
         cache.writable_folder(Path(curve).parent, "The folder of `curve` must be a folder this process can write to")
     tgt = resolve_target(target)
-    rule = for_target(tgt)
-    if rule is None:
-        raise ValueError(f"No schedule template for target kind '{tgt.kind.name}'.")
+    rule = template_for(tgt)
     if tracker is None:
         _check_runs_here(tgt)
     else:

@@ -493,7 +493,7 @@ def test_tuning_sets_damaged_verdicts_aside(tuned_logs, tmp_path):
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(specs=[], trials=4), "specs"),
     (dict(specs=SPEC, trials=-1), "trials"),
-    (dict(specs=SPEC, trials=4, target={"kind": "c"}), "template"),
+    (dict(specs=SPEC, trials=4, target={"kind": "c"}), "No schedule for target kind 'c'"),
     (dict(specs=SPEC, trials=None, time_budget_s=0), "time_budget_s"),
     (dict(specs=SPEC, rpc_tracker="localhost", rpc_key="k"), "host:port"),
     (dict(specs=SPEC, rpc_tracker="localhost:9190"), "rpc_key"),
