@@ -25,7 +25,8 @@ LOCALITY = 2
 
 def plan(rows_from: int, rows: int, cols_from: int, cols: int, vectors: int, lanes: int) -> list[int]:
     """The annotation's value: input rows `rows_from` .. `+rows` and columns `cols_from` ..
-    `+cols` relative to the tile's first input pixel, `vectors` channel vectors of `lanes`."""
+    `+cols` relative to the tile's first input pixel, `vectors` channel vectors of `lanes` input
+    channels each."""
     return [rows_from, rows, cols_from, cols, vectors, lanes]
 
 
@@ -38,8 +39,8 @@ def apply(mod):
     """`mod` with the prefetches its annotated loops ask for (unchanged if none is annotated).
 
     Args:
-        mod: A scheduled IRModule (`s_tir` blocks), whose `main` reads the input as its first
-            parameter.
+        mod: A scheduled IRModule (`s_tir` blocks), whose `main` reads the input (NHWC) as
+            its first parameter.
 
     Returns:
         The rewritten IRModule.
@@ -47,12 +48,12 @@ def apply(mod):
     from tvm import s_tir
 
     func = mod["main"]
-    marked = _annotated_loops(func.body)
-    if not marked:
+    loops = _annotated_loops(func.body)
+    if not loops:
         return mod
     data = func.params[0]  # TVM 0.27: parameters are the buffers
     sch = s_tir.Schedule(mod)
-    for loop in marked:
+    for loop in loops:
         sch.state.replace(sch.get_sref(_loop_rv(sch, loop)), _with_prefetch(loop, data))
     return sch.mod
 
@@ -129,14 +130,15 @@ def _with_prefetch(loop, data):
 
     rows_from, rows, cols_from, cols, vectors, lanes = (int(v) for v in loop.annotations[ANNOTATION])
     n, y, x, c = _tile_origin(loop, data)
-    height, width = (int(d) for d in data.shape[1:3])
+    height, width, channels = (int(d) for d in data.shape[1:])
     pr, pc, pv = (tirx.Var(name, "int32") for name in ("prefetch_row", "prefetch_col", "prefetch_vector"))
 
-    def clamp(value, size):
+    def clamp(value, size):  # within the input: the tile ahead may be past its last row or column
         return tirx.max(tirx.min(value, size - 1), 0)
 
     address = tirx.address_of(tirx.BufferLoad(data, [n, clamp(y + rows_from + pr, height),
-                                                     clamp(x + cols_from + pc, width), c + pv * lanes]))
+                                                     clamp(x + cols_from + pc, width),
+                                                     clamp(c + pv * lanes, channels)]))
     call = tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, tvm.tirx.const(0, "uint32"),
                                  tvm.tirx.const(LOCALITY, "uint32"), tvm.tirx.const(1, "uint32"))
     body = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "prefetch", tirx.Evaluate(call)))

@@ -113,10 +113,11 @@ PREFETCH_DISTANCE = 2
 
 def _prefetch_knob(sch, spec: DepthwiseSpec, loop, tile: tuple[int, int], step: tuple[int, int], vectors: int,
                    lanes: int, row_parallel: bool) -> None:
-    """Marks `loop`, the channel loop of a register tile of `tile` output rows x columns that
-    moves `step` input rows x columns from one tile to the next, for a prefetch of the input
-    that the tile `PREFETCH_DISTANCE` to the right adds (its new rows x new columns), where the
-    layer's data is large enough to offer it and the knob says so."""
+    """Marks `loop`, the channel loop of a register tile of `tile` output rows x columns and
+    `vectors` vectors of `lanes` output channels that moves `step` input rows x columns from one
+    tile to the next, for a prefetch of the input that the tile `PREFETCH_DISTANCE` to the right
+    adds (its new rows x new columns), where the layer's data is large enough to offer it and
+    the knob says so."""
     inputs = spec.height * spec.width * spec.channels
     outputs = spec.out_height * spec.out_width * spec.out_channels
     data_bytes = spec.batch * (inputs + outputs) * spec.itemsize
@@ -127,8 +128,10 @@ def _prefetch_knob(sch, spec: DepthwiseSpec, loop, tile: tuple[int, int], step: 
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilation
     window = ((tile[0] - 1) * sh + (kh - 1) * dh + 1, (tile[1] - 1) * sw + (kw - 1) * dw + 1)
     new_rows, new_cols = (min(w, s) for w, s in zip(window, step))
+    input_lanes = max(1, lanes // spec.depth_multiplier)  # a vector of output channels reads these
     sch.annotate(loop, prefetch.ANNOTATION, prefetch.plan(
-        window[0] - new_rows, new_rows, PREFETCH_DISTANCE * step[1] + window[1] - new_cols, new_cols, vectors, lanes))
+        window[0] - new_rows, new_rows, PREFETCH_DISTANCE * step[1] + window[1] - new_cols, new_cols, vectors,
+        input_lanes))
 
 
 def default_chunks(window_bytes: int, candidates: list[int]) -> int:

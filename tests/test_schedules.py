@@ -320,13 +320,15 @@ def test_prefetch_is_offered_for_layers_beyond_the_caches():
     assert f'"{prefetch.ANNOTATION}": [2, 7, 6, 2, 1, 16]' in sch.mod.script()
 
 
-@pytest.mark.parametrize("algorithm,shape,kernel,strides,dilation", [
-    ("direct", (2, 10, 12, 32), 3, 1, 1),
-    ("direct", (1, 9, 11, 32), 5, 2, 1),
-    ("direct", (1, 12, 13, 16), 3, 1, 2),
-    ("winograd", (2, 10, 12, 32), 3, 1, 1),
+@pytest.mark.parametrize("algorithm,shape,kernel,strides,dilation,multiplier", [
+    ("direct", (2, 10, 12, 32), 3, 1, 1, 1),
+    ("direct", (1, 9, 11, 32), 5, 2, 1, 1),
+    ("direct", (1, 12, 13, 16), 3, 1, 2, 1),
+    ("direct", (1, 8, 9, 8), 3, 1, 1, 2),  # 16 output channels read 8 input ones
+    ("winograd", (2, 10, 12, 32), 3, 1, 1, 1),
 ])
-def test_every_knob_combination_with_prefetch_is_exact(algorithm, shape, kernel, strides, dilation, rng, monkeypatch):
+def test_every_knob_combination_with_prefetch_is_exact(algorithm, shape, kernel, strides, dilation, multiplier, rng,
+                                                       monkeypatch):
     # Prefetches read ahead of the tile, past the last row and column at the borders (clamped
     # there): every layout and tile with them must still give the reference (those without are
     # the other tests' spaces).
@@ -334,7 +336,7 @@ def test_every_knob_combination_with_prefetch_is_exact(algorithm, shape, kernel,
     from reference import depthwise
 
     monkeypatch.setattr(cpu_schedule, "PREFETCH_BYTES", 0)
-    spec = DepthwiseSpec.from_keras(shape, kernel, strides, "same", dilation_rate=dilation)
+    spec = DepthwiseSpec.from_keras(shape, kernel, strides, "same", dilation_rate=dilation, depth_multiplier=multiplier)
     x, k, b = (rng.standard_normal(s).astype("float32") for s in (spec.input_shape, spec.kernel_shape, spec.bias_shape))
     want = depthwise(x, k, b, (strides,) * 2, "same", (dilation,) * 2)
     assert_every_knob_combination_matches(spec, algorithm, HOST, (x, k, b), want, min_space=3, last_decision=1)
