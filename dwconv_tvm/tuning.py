@@ -39,9 +39,10 @@ from .timing import alternating_order, seconds_per_call
 from .tracker import DeviceWatch, check_tracker, parse_tracker
 
 
-def _f_build(mod, target, _params):
-    """LocalBuilder's build: the default one imports tensor intrinsics in every fresh worker,
-    which takes longer than its timeout on a 2-core machine."""
+def _f_build(mod, target, _params=None):
+    """Every build of a candidate, LocalBuilder's and the in-process measurer's: with the
+    prefetches its schedule asks for. (LocalBuilder's default build imports tensor intrinsics
+    in every fresh worker, which takes longer than its timeout on a 2-core machine.)"""
     import tvm
 
     return tvm.tirx.build(prefetch.apply(mod), target=target)
@@ -109,11 +110,9 @@ class _InProcess:
         self._built: dict = {}  # module -> library, of the last `side_by_side` call
 
     def __call__(self, mods) -> list[list[float] | None]:
-        import tvm
-
         results = []
         for mod in mods:
-            lib = tvm.tirx.build(prefetch.apply(mod), target=self.target)
+            lib = _f_build(mod, self.target)
             if self.on_cpu:
                 results.append(_time_calls(lib["main"], self.args))
             else:
@@ -124,12 +123,9 @@ class _InProcess:
     def side_by_side(self, mods, rounds: int) -> list[list[float] | None]:
         """Seconds per call of each module, one sample per round; every round times each module
         once, in alternating order, so that all of them see the same phases of a noisy machine."""
-        import tvm
-
         # The final check times its finalists right after prescreening them: the same module
         # objects, built once (modules hash and compare by identity).
-        built = {mod: self._built[mod] if mod in self._built else tvm.tirx.build(prefetch.apply(mod), target=self.target)
-                 for mod in mods}
+        built = {mod: self._built[mod] if mod in self._built else _f_build(mod, self.target) for mod in mods}
         self._built = built
         libs = [built[mod] for mod in mods]
         if self.on_cpu:

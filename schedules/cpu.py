@@ -118,9 +118,7 @@ def _prefetch_knob(sch, spec: DepthwiseSpec, loop, tile: tuple[int, int], step: 
     tile to the next, for a prefetch of the input that the tile `PREFETCH_DISTANCE` to the right
     adds (its new rows x new columns), where the layer's data is large enough to offer it and
     the knob says so."""
-    inputs = spec.height * spec.width * spec.channels
-    outputs = spec.out_height * spec.out_width * spec.out_channels
-    data_bytes = spec.batch * (inputs + outputs) * spec.itemsize
+    data_bytes = spec.batch * image_bytes(spec)
     if data_bytes < PREFETCH_BYTES:
         return
     if not knob(sch, [0, 1], int(row_parallel and data_bytes >= PREFETCH_DEFAULT_BYTES)):
@@ -156,12 +154,17 @@ def schedule(sch, spec: DepthwiseSpec, target) -> None:
         _schedule_nchw(sch, spec, lanes)
 
 
+def image_bytes(spec: DepthwiseSpec) -> int:
+    """Input + output bytes of one image of the batch."""
+    inputs = spec.height * spec.width * spec.channels
+    outputs = spec.out_height * spec.out_width * spec.out_channels
+    return (inputs + outputs) * spec.itemsize
+
+
 def prefers_channel_parallel(spec: DepthwiseSpec) -> bool:
     """Whether the untuned NHWC schedule runs channel chunks in parallel: its data fits
     `CHANNEL_PARALLEL_BYTES` per image."""
-    inputs = spec.height * spec.width * spec.channels
-    outputs = spec.out_height * spec.out_width * spec.out_channels
-    return (inputs + outputs) * spec.itemsize <= CHANNEL_PARALLEL_BYTES
+    return image_bytes(spec) <= CHANNEL_PARALLEL_BYTES
 
 
 def channel_chunk_candidates(vectors: int) -> list[int]:

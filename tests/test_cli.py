@@ -41,18 +41,23 @@ def test_info_says_when_a_target_has_no_shipped_logs():
     assert shipped.returncode == 0 and "no shipped logs" not in shipped.stdout
 
 
+def _layer_lines(stdout: str) -> dict[str, str]:
+    """`info`'s per-layer lines: what it says, by spec key."""
+    return dict(line.split(": ", 1) for line in stdout.splitlines() if line.startswith("nhwc_"))
+
+
 def test_info_names_the_layers_that_prefetch_their_input():
     # Shipped Zen 4 logs, batch 8: the 48 MB 112x112x96 s2 layer runs a prefetching record, the
     # 18 MB 56x56x144 s2 one does not.
     znver4 = '{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}'
     result = _cli("info", "--model", "mobilenet_v2", "--batch", "8", "--target", znver4)
     assert result.returncode == 0, result.stderr
-    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if line.startswith("nhwc_"))
+    lines = _layer_lines(result.stdout)
     assert "tuned direct with input prefetch" in lines["nhwc_n8_h112_w112_c96_k3x3_s2x2_d1x1_p0.0.1.1_m1_nobias_linear_float32"]
     assert "prefetch" not in lines["nhwc_n8_h56_w56_c144_k3x3_s2x2_d1x1_p0.0.1.1_m1_nobias_linear_float32"]
     # Without logs, the default: it prefetches from 24 MB in row-parallel layouts.
     untuned = _cli("info", "--model", "mobilenet_v2", "--batch", "8", "--target", "x86-64-avx512")
-    lines = dict(line.split(": ", 1) for line in untuned.stdout.splitlines() if line.startswith("nhwc_"))
+    lines = _layer_lines(untuned.stdout)
     assert lines["nhwc_n8_h112_w112_c96_k3x3_s2x2_d1x1_p0.0.1.1_m1_nobias_linear_float32"] == (
         "hand-written default (direct, input prefetch)")
     assert lines["nhwc_n8_h7_w7_c960_k3x3_s1x1_d1x1_p1.1.1.1_m1_nobias_linear_float32"] == "hand-written default (direct)"
