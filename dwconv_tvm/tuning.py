@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
+import linecache
 import logging
 import math
 import os
 import shutil
 import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +45,8 @@ from .tracker import DeviceWatch, check_tracker, parse_tracker
 def _f_build(mod, target, _params=None):
     """Every build of a candidate, LocalBuilder's and the in-process measurer's: with the
     prefetches its schedule asks for. (LocalBuilder's default build imports tensor intrinsics
-    in every fresh worker, which takes longer than its timeout on a 2-core machine.)"""
+    in every fresh worker, which takes longer than its timeout on a 2-core machine: see
+    `_import_tensor_intrinsics`.)"""
     import tvm
 
     return tvm.tirx.build(prefetch.apply(mod), target=target)
@@ -260,6 +264,40 @@ def _remove_artifacts(built) -> None:
     for result in built:
         if result.artifact_path:
             shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
+
+
+def _outer_frames(context: int = 1) -> list[inspect.FrameInfo]:
+    """`inspect.stack()` without its file lookups: the same frames, names, line numbers and
+    current source line (`context` is accepted and ignored: one line is what TVMScript reads).
+
+    `inspect.stack` resolves every frame's module, and for a frame of frozen import machinery
+    that means a scan of all of `sys.modules` (about 2000 once TVM is imported)."""
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        line = linecache.getline(code.co_filename, frame.f_lineno, frame.f_globals)
+        frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
+                                        [line] if line else None, 0 if line else None))
+        frame = frame.f_back
+    return frames
+
+
+def _import_tensor_intrinsics() -> None:
+    """Imports `tvm.s_tir.tensor_intrin`, which MetaSchedule's TuneContext imports first thing.
+
+    The module parses 248 TVMScript functions, and the parser calls `inspect.stack()` twice for
+    each: 26-29 s on a 2-core znver4 VM, 95% of it in `inspect.getmodule`. With `_outer_frames`
+    standing in for the duration of the import, it takes a second or two; the parser reads only
+    the frames, their locals and their current lines, which `_outer_frames` gives alike."""
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    stack = inspect.stack
+    inspect.stack = _outer_frames
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = stack
 
 
 @contextlib.contextmanager
@@ -524,6 +562,7 @@ def _search(mod, rule, spec, target, database, workload, measure, builder, runne
         ms.space_generator.PostOrderApply(),
     ])
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _search_callback(progress)]
+    _import_tensor_intrinsics()
     with tempfile.TemporaryDirectory(prefix="dwconv-tvm-tune-") as work_dir, _metaschedule_logging():
         ms.tune_tir(
             mod, target, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, 8),

@@ -868,3 +868,33 @@ def test_every_shipped_verdict_fits_the_current_template(key, monkeypatch, tmp_p
         specs += v1_only
     unapplied = [spec.key for spec in dict.fromkeys(specs) if not shipped(spec)]
     assert not unapplied
+
+
+def test_outer_frames_match_inspect_stack():
+    import inspect
+
+    def caller():  # both on one line: the same frames at the same line numbers
+        return tuning._outer_frames(), inspect.stack()
+
+    cheap, full = caller()
+    assert len(cheap) == len(full) > 5  # pytest's frames above this test's
+    for ours, theirs in zip(cheap, full):
+        assert (ours.frame, ours.filename, ours.lineno, ours.function, ours.code_context) == (
+            theirs.frame, theirs.filename, theirs.lineno, theirs.function, theirs.code_context)
+    assert cheap[0].function == "caller" and "_outer_frames()" in cheap[0].code_context[0]
+
+
+def test_tensor_intrinsics_import_in_a_fresh_process_leaves_inspect_as_it_was():
+    # What the search imports before MetaSchedule's TuneContext would: registered, and with
+    # inspect.stack restored afterwards.
+    check = (
+        "import inspect, sys; stack = inspect.stack\n"
+        "from dwconv_tvm import tuning\n"
+        "tuning._import_tensor_intrinsics()\n"
+        "assert inspect.stack is stack and 'tvm.s_tir.tensor_intrin' in sys.modules\n"
+        "from tvm.s_tir import TensorIntrin\n"
+        "from tvm.s_tir.tensor_intrin import x86\n"
+        "TensorIntrin.get(x86.VNNI_DOT_16x4_INTRIN)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
