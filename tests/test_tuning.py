@@ -879,8 +879,8 @@ def test_outer_frames_match_inspect_stack():
     cheap, full = caller()
     assert len(cheap) == len(full) > 5  # pytest's frames above this test's
     for ours, theirs in zip(cheap, full):
-        assert (ours.frame, ours.filename, ours.lineno, ours.function, ours.code_context) == (
-            theirs.frame, theirs.filename, theirs.lineno, theirs.function, theirs.code_context)
+        assert (ours.frame, ours.filename, ours.lineno, ours.function, ours.code_context, ours.index) == (
+            theirs.frame, theirs.filename, theirs.lineno, theirs.function, theirs.code_context, theirs.index)
     assert cheap[0].function == "caller" and "_outer_frames()" in cheap[0].code_context[0]
 
 
