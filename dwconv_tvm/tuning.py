@@ -77,6 +77,11 @@ DEFAULT_MARGIN = 0.02
 # is in a slow phase (a shared VM here ran 1.5x slower for minutes), which slows some schedules
 # more than others (channel-parallel ones more than row-parallel), so the verdict may be off.
 SLOW_PHASE_RATIO = 1.25
+# The search's candidates per round, and the population its evolutionary search breeds them
+# from: MetaSchedule's own ratio (512 for 64). Its default of 512 for our 8 made a round take
+# 15-20 s against 7-10 s (znver4, 2 cores, 112x112x32 and 28x28x192), no better candidates.
+SEARCH_ROUND = 8
+SEARCH_POPULATION = 8 * SEARCH_ROUND
 
 
 def _time_calls(fn, args, repeat: int = EVALUATOR["repeat"]) -> list[float]:
@@ -565,8 +570,9 @@ def _search(mod, rule, spec, target, database, workload, measure, builder, runne
     _import_tensor_intrinsics()
     with tempfile.TemporaryDirectory(prefix="dwconv-tvm-tune-") as work_dir, _metaschedule_logging():
         ms.tune_tir(
-            mod, target, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, 8),
+            mod, target, work_dir, max_trials_global=trials, num_trials_per_iter=min(trials, SEARCH_ROUND),
             builder=builder, runner=runner, database=scratch, space=space, measure_callbacks=callbacks,
+            strategy=ms.search_strategy.EvolutionarySearch(population_size=SEARCH_POPULATION),
         )
     found = [r for r in scratch.get_top_k(scratch_workload, 1 << 30) if str(r.trace) not in known]
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
