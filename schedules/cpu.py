@@ -84,11 +84,15 @@ MAX_TILE_VECTORS = 12
 L1_WINDOW_BYTES = 32 * 1024
 
 
+def tile_window(spec: DepthwiseSpec, y_tile: int, x_tile: int) -> tuple[int, int]:
+    """Input rows x columns a `y_tile` x `x_tile` register tile of output pixels reads."""
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilation
+    return (y_tile - 1) * sh + (kh - 1) * dh + 1, (x_tile - 1) * sw + (kw - 1) * dw + 1
+
+
 def tile_window_bytes(spec: DepthwiseSpec, y_tile: int, x_tile: int) -> int:
     """Input bytes a `y_tile` x `x_tile` NHWC register tile reads across all channels."""
-    (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilation
-    rows = (y_tile - 1) * sh + (kh - 1) * dh + 1
-    columns = (x_tile - 1) * sw + (kw - 1) * dw + 1
+    rows, columns = tile_window(spec, y_tile, x_tile)
     return rows * columns * spec.channels * spec.itemsize
 
 
@@ -123,8 +127,7 @@ def _prefetch_knob(sch, spec: DepthwiseSpec, loop, tile: tuple[int, int], step: 
         return
     if not knob(sch, [0, 1], int(row_parallel and data_bytes >= PREFETCH_DEFAULT_BYTES)):
         return
-    (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilation
-    window = ((tile[0] - 1) * sh + (kh - 1) * dh + 1, (tile[1] - 1) * sw + (kw - 1) * dw + 1)
+    window = tile_window(spec, *tile)
     new_rows, new_cols = (min(w, s) for w, s in zip(window, step))
     input_lanes = max(1, lanes // spec.depth_multiplier)  # a vector of output channels reads these
     sch.annotate(loop, prefetch.ANNOTATION, prefetch.plan(
